@@ -1,0 +1,106 @@
+"""A node's model catalog: which GGUF files the hive can load, in SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rbee_fabric.db import open_db
+from rbee_fabric.ggufmeta import read_info
+from rbee_fabric.schemas import ModelInfo
+
+_TABLE = "models"
+
+
+def model_id_for(reference: str) -> str:
+    """A short, stable, readable id for a canonical reference."""
+    tail = re.sub(r"[^a-z0-9]+", "-", reference.rsplit("/", 1)[-1].lower()).strip("-")
+    digest = hashlib.sha256(reference.encode()).hexdigest()[:8]
+    return f"{tail[:40]}-{digest}" if tail else digest
+
+
+class Catalog:
+    """Model catalog of one node; an entry exists only for a complete, verified file."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_db(path)
+        self._lock = threading.Lock()
+        self._db[_TABLE].create(  # type: ignore[union-attr]
+            {
+                "id": str,
+                "reference": str,
+                "path": str,
+                "size_bytes": int,
+                "sha256": str,
+                "architecture": str,
+                "quantization": str,
+                "context_length": int,
+                "parameter_count": int,
+                "added_at": str,
+            },
+            pk="id",
+            not_null={"reference", "path", "size_bytes", "added_at"},
+            if_not_exists=True,
+        )
+        self._db[_TABLE].create_index(["reference"], unique=True, if_not_exists=True)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def list(self) -> list[ModelInfo]:
+        with self._lock:
+            rows = list(self._db[_TABLE].rows_where(order_by="added_at"))
+        return [ModelInfo(**row) for row in rows]
+
+    def get(self, model_id: str) -> ModelInfo | None:
+        with self._lock:
+            rows = list(self._db[_TABLE].rows_where("id = ?", [model_id]))
+        return ModelInfo(**rows[0]) if rows else None
+
+    def find(self, reference: str) -> ModelInfo | None:
+        """The entry for a canonical reference, if its file is still there intact."""
+        with self._lock:
+            rows = list(self._db[_TABLE].rows_where("reference = ?", [reference]))
+        if not rows:
+            return None
+        info = ModelInfo(**rows[0])
+        path = Path(info.path)
+        if not path.is_file() or path.stat().st_size != info.size_bytes:
+            self.remove(info.id)  # the file went away or changed: forget it
+            return None
+        return info
+
+    def register(self, reference: str, path: Path, sha256: str | None = None) -> ModelInfo:
+        """Record a complete file (reads its GGUF header for the metadata)."""
+        meta = read_info(path)
+        info = ModelInfo(
+            id=model_id_for(reference),
+            reference=reference,
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            sha256=sha256,
+            architecture=meta.architecture,
+            quantization=meta.quantization,
+            context_length=meta.context_length,
+            parameter_count=meta.parameter_count,
+            added_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        with self._lock:
+            self._db[_TABLE].upsert(info.model_dump(), pk="id")  # type: ignore[union-attr]
+        return info
+
+    def remove(self, model_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(f"DELETE FROM {_TABLE} WHERE id = ?", [model_id])
+        return cur.rowcount > 0
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

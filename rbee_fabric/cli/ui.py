@@ -1,0 +1,131 @@
+"""Terminal output: tokens on stdout, everything else on stderr, errors in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from rbee_fabric import paths
+from rbee_fabric.errors import EXIT_CANCELED, EXIT_RUNTIME, RbeeError, RequestCanceled
+from rbee_fabric.schemas import DownloadProgress, LoadingProgress
+
+T = TypeVar("T")
+
+err = Console(stderr=True, highlight=False)
+
+
+class TerminalReporter:
+    """Draws the flow for a person: progress bars and notes on stderr, tokens on stdout."""
+
+    def __init__(self, *, quiet_tokens: bool = False) -> None:
+        self.quiet_tokens = quiet_tokens
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._kind: str | None = None
+        self.tokens: list[str] = []
+
+    def _bar(self, kind: str, description: str, total: float | None) -> Progress:
+        if self._kind != kind:
+            self.close_bar()
+            columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+            if kind == "download":
+                columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+            else:
+                columns += [TextColumn("{task.percentage:>3.0f}%")]
+            self._progress = Progress(*columns, console=err, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total)
+            self._kind = kind
+        assert self._progress is not None
+        return self._progress
+
+    def close_bar(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress, self._task, self._kind = None, None, None
+
+    def info(self, msg: str) -> None:
+        self.close_bar()
+        err.print(f"[dim]{msg}[/dim]")
+
+    def attempt(self, n: int, total: int, address: str, error: str) -> None:
+        self.close_bar()
+        err.print(f"[yellow]attempt {n}/{total}[/yellow] {address}: {error}")
+
+    def download(self, p: DownloadProgress) -> None:
+        if p.stage == "resolving":
+            return
+        name = p.filename or "model"
+        bar = self._bar("download", f"fetching {name}", p.bytes_total)
+        assert self._task is not None
+        bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
+        if p.stage in ("done", "failed"):
+            self.close_bar()
+
+    def loading(self, p: LoadingProgress) -> None:
+        bar = self._bar("loading", "loading model", 1.0)
+        assert self._task is not None
+        bar.update(self._task, completed=p.progress)
+        if p.stage != "loading":
+            self.close_bar()
+
+    def token(self, text: str) -> None:
+        self.close_bar()
+        self.tokens.append(text)
+        if not self.quiet_tokens:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+
+def fail(error: RbeeError) -> NoReturn:
+    """Print an RbeeError as the user sees it and exit with its code."""
+    if isinstance(error, RequestCanceled):
+        err.print(error.message, markup=False)
+        raise SystemExit(error.exit_code)
+    err.print(f"[bold red]error[/bold red] [red]{error.code}[/red]: {error.message}", markup=True)
+    if error.hint:
+        err.print(f"Suggestion: {error.hint}", markup=False)
+    raise SystemExit(error.exit_code)
+
+
+def run(coro: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
+    """Run a flow; map every failure to a message and an exit code, here only."""
+    try:
+        return asyncio.run(coro)
+    except RbeeError as exc:
+        if debug:
+            traceback.print_exc()
+        fail(exc)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        err.print("Canceled.")
+        raise SystemExit(EXIT_CANCELED) from None
+    except Exception as exc:  # a bug: one line for the user, the traceback in a log
+        if debug:
+            traceback.print_exc()
+            raise SystemExit(EXIT_RUNTIME) from None
+        log_path = paths.ensure_dir(paths.logs_dir()) / "keeper.log"
+        logging.basicConfig(filename=log_path, level=logging.ERROR)
+        logging.getLogger("rbee").exception("unexpected error")
+        err.print(f"[bold red]error[/bold red] INTERNAL_ERROR: {type(exc).__name__}: {exc}")
+        err.print(f"Suggestion: run again with --debug; the traceback is in {log_path}")
+        raise SystemExit(EXIT_RUNTIME) from None
+
+
+def debug_enabled(flag: bool) -> bool:
+    return flag or os.environ.get("RBEE_DEBUG", "") not in ("", "0")

@@ -1,0 +1,212 @@
+"""The error tree every program raises and the CLI prints.
+
+    RbeeError                      code, message, hint, details, exit_code
+    ├── UsageError                 INVALID_REQUEST / bad CLI input (exit 2)
+    ├── InventoryError             INVENTORY_INVALID (exit 2)
+    ├── ConnectionTimeout          CONNECTION_TIMEOUT
+    ├── VersionMismatch            VERSION_MISMATCH
+    ├── ModelNotFound              MODEL_NOT_FOUND (404)
+    ├── DownloadFailed             DOWNLOAD_FAILED (502)
+    ├── InsufficientRam            INSUFFICIENT_RAM (507)
+    ├── VramExhausted              VRAM_EXHAUSTED (507)
+    ├── InsufficientDisk           INSUFFICIENT_DISK (507)
+    ├── BackendUnavailable         BACKEND_UNAVAILABLE (400)
+    ├── InvalidApiKey              INVALID_API_KEY (401)
+    ├── AllSlotsBusy               ALL_SLOTS_BUSY (503)
+    ├── WorkerCrashed              WORKER_CRASHED
+    ├── WorkerStartFailed          WORKER_START_FAILED
+    ├── WorkerNotFound             WORKER_NOT_FOUND (404)
+    ├── LoadingTimeout             LOADING_TIMEOUT
+    ├── RequestCanceled            REQUEST_CANCELED (499, exit 130)
+    └── InternalError              INTERNAL_ERROR (500)
+
+HTTP servers turn an RbeeError into the envelope `{"error": {code, message,
+details}}`; clients rebuild the typed error from `code` alone
+(`from_envelope`), never from the message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_CANCELED = 130
+
+
+class RbeeError(Exception):
+    """Base error: a code, a one-line message, a suggestion and context."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = EXIT_RUNTIME
+    default_hint: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def envelope(self) -> dict[str, Any]:
+        """The wire form; the hint travels in details so the keeper can show it."""
+        details = dict(self.details)
+        if self.hint and "hint" not in details:
+            details["hint"] = self.hint
+        return {"error": {"code": self.code, "message": self.message, "details": details}}
+
+
+class UsageError(RbeeError):
+    code = "INVALID_REQUEST"
+    http_status = 422
+    exit_code = EXIT_USAGE
+
+
+class InventoryError(RbeeError):
+    code = "INVENTORY_INVALID"
+    http_status = 400
+    exit_code = EXIT_USAGE
+
+
+class ConnectionTimeout(RbeeError):
+    code = "CONNECTION_TIMEOUT"
+    http_status = 504
+
+
+class VersionMismatch(RbeeError):
+    code = "VERSION_MISMATCH"
+    http_status = 409
+
+
+class ModelNotFound(RbeeError):
+    code = "MODEL_NOT_FOUND"
+    http_status = 404
+    default_hint = (
+        "accepted forms: gemma3-270m, file:/abs/path.gguf, hf:ORG/REPO, "
+        "hf:ORG/REPO:FILE.gguf, hf:ORG/REPO:QUANT"
+    )
+
+
+class DownloadFailed(RbeeError):
+    code = "DOWNLOAD_FAILED"
+    http_status = 502
+
+
+class InsufficientRam(RbeeError):
+    code = "INSUFFICIENT_RAM"
+    http_status = 507
+    default_hint = "try a smaller quantization (e.g. Q4_K_M or Q3_K_S) or free some memory"
+
+
+class VramExhausted(RbeeError):
+    code = "VRAM_EXHAUSTED"
+    http_status = 507
+    default_hint = "try a smaller quantization, another --device, or --backend cpu"
+
+
+class InsufficientDisk(RbeeError):
+    code = "INSUFFICIENT_DISK"
+    http_status = 507
+    default_hint = "free some space in the model directory or remove models with `rbee models rm`"
+
+
+class BackendUnavailable(RbeeError):
+    code = "BACKEND_UNAVAILABLE"
+    http_status = 400
+
+
+class InvalidApiKey(RbeeError):
+    code = "INVALID_API_KEY"
+    http_status = 401
+
+
+class AllSlotsBusy(RbeeError):
+    code = "ALL_SLOTS_BUSY"
+    http_status = 503
+    default_hint = "the worker is generating for another request; try again shortly"
+
+
+class WorkerCrashed(RbeeError):
+    code = "WORKER_CRASHED"
+    http_status = 502
+
+
+class WorkerStartFailed(RbeeError):
+    code = "WORKER_START_FAILED"
+    http_status = 502
+
+
+class WorkerNotFound(RbeeError):
+    code = "WORKER_NOT_FOUND"
+    http_status = 404
+
+
+class LoadingTimeout(RbeeError):
+    code = "LOADING_TIMEOUT"
+    http_status = 504
+
+
+class RequestCanceled(RbeeError):
+    code = "REQUEST_CANCELED"
+    http_status = 499
+    exit_code = EXIT_CANCELED
+
+
+class InternalError(RbeeError):
+    code = "INTERNAL_ERROR"
+    http_status = 500
+
+
+_BY_CODE: dict[str, type[RbeeError]] = {
+    cls.code: cls
+    for cls in (
+        UsageError,
+        InventoryError,
+        ConnectionTimeout,
+        VersionMismatch,
+        ModelNotFound,
+        DownloadFailed,
+        InsufficientRam,
+        VramExhausted,
+        InsufficientDisk,
+        BackendUnavailable,
+        InvalidApiKey,
+        AllSlotsBusy,
+        WorkerCrashed,
+        WorkerStartFailed,
+        WorkerNotFound,
+        LoadingTimeout,
+        RequestCanceled,
+        InternalError,
+    )
+}
+
+
+def error_class(code: str) -> type[RbeeError]:
+    """The error class for a wire code (unknown codes become InternalError)."""
+    return _BY_CODE.get(code, InternalError)
+
+
+def from_envelope(body: Any, *, status: int | None = None) -> RbeeError:
+    """Rebuild a typed error from an error envelope, by its code only."""
+    try:
+        err = body["error"]
+        code, message = str(err["code"]), str(err["message"])
+        details = dict(err.get("details") or {})
+    except (KeyError, TypeError, AttributeError):
+        return InternalError(
+            f"unexpected error answer (HTTP {status}): {str(body)[:200]}",
+            details={"status": status},
+        )
+    hint = details.pop("hint", None)
+    return error_class(code)(message, hint=hint, details=details)

@@ -1,0 +1,1 @@
+"""rbee-hive: the pool manager daemon of one node."""

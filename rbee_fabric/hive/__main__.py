@@ -1,0 +1,76 @@
+"""`rbee-hive`: the node's pool manager daemon."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rbee_fabric import __version__, paths
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        a, b = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a range like 9300-9399") from None
+    if not (1 <= a <= b <= 65535):
+        raise argparse.ArgumentTypeError("expected a range like 9300-9399")
+    return a, b
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rbee-hive", description="rbee pool manager daemon")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9200, help="port to bind (default 9200)")
+    p.add_argument(
+        "--idle-timeout", type=float, default=float(os.environ.get("RBEE_IDLE_TIMEOUT", 300)),
+        help="stop workers idle longer than this many seconds (default 300)",
+    )  # fmt: skip
+    p.add_argument("--worker-ports", type=_port_range, default=(9300, 9399))
+    p.add_argument("--version", action="version", version=f"rbee-hive {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from rbee_fabric.hive.app import HiveSettings, create_app
+    from rbee_fabric.httpserver import bind_socket, serve
+
+    data = paths.ensure_dir(paths.data_dir())
+    api_key = paths.ensure_api_key()
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"rbee-hive: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 3
+    settings = HiveSettings(
+        host=args.host,
+        port=sock.getsockname()[1],
+        data_dir=data,
+        api_key=api_key,
+        key_file=str(paths.api_key_file()),
+        idle_timeout_s=args.idle_timeout,
+        worker_ports=args.worker_ports,
+    )
+    pid_file = paths.hive_pid_file()
+    pid_file.write_text(f"{os.getpid()}\n{settings.port}\n")
+    try:
+        serve(create_app(settings), sock)
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().split()[0] == str(os.getpid()):
+                pid_file.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

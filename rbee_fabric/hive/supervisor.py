@@ -1,0 +1,243 @@
+"""Spawn, watch, reap and stop worker processes on one node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
+from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
+
+log = logging.getLogger("rbee.hive")
+
+STOP_GRACE_S = 5.0
+KILL_GRACE_S = 3.0
+
+
+@dataclass
+class SupervisorSettings:
+    host: str
+    hive_url: str
+    api_key: str
+    logs_dir: Path
+    key_file: str
+    idle_timeout_s: float = 300.0
+    port_range: tuple[int, int] = (9300, 9399)
+    python: str = sys.executable
+
+
+@dataclass
+class _Worker:
+    info: WorkerInfo
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    watcher: asyncio.Task[None] | None = None
+    stopping: bool = False
+    probe_failures: int = 0
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def tail(path: Path, lines: int = 20) -> list[str]:
+    """The last lines of a log file (empty when unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def free_port(host: str, lo: int, hi: int) -> int:
+    """A port of [lo, hi] that binds right now on host; else one the OS picks."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = list(range(lo, hi + 1))
+    random.shuffle(candidates)
+    for port in [*candidates, 0]:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise WorkerStartFailed(f"no free port on {host}")
+
+
+class Supervisor:
+    """The hive's worker table; every worker runs in its own process group."""
+
+    def __init__(self, settings: SupervisorSettings) -> None:
+        self.s = settings
+        self.workers: dict[str, _Worker] = {}
+        self.exited: OrderedDict[str, dict[str, object]] = OrderedDict()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0, connect=2.0),
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+        )
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(self.stop(wid, reason="hive stopping") for wid in list(self.workers)))
+        await self._client.aclose()
+
+    # ----------------------------------------------------------------- spawn
+
+    async def spawn(self, model: ModelInfo, backend: str, device: int, n_ctx: int) -> WorkerInfo:
+        wid = f"w-{uuid.uuid4().hex[:10]}"
+        port = free_port(self.s.host, *self.s.port_range)
+        host = f"[{self.s.host}]" if ":" in self.s.host else self.s.host
+        url = f"http://{host}:{port}"
+        self.s.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.s.logs_dir / f"worker-{wid}.log"
+        cmd = [
+            self.s.python, "-m", "rbee_fabric.worker",
+            "--worker-id", wid, "--model", model.path,
+            "--host", self.s.host, "--port", str(port),
+            "--hive-url", self.s.hive_url,
+            "--backend", backend, "--device", str(device), "--n-ctx", str(n_ctx),
+            "--key-file", self.s.key_file,
+        ]  # fmt: skip
+        env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as logf:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise WorkerStartFailed(f"cannot start the worker: {exc}") from exc
+        info = WorkerInfo(
+            id=wid, model_id=model.id, model_reference=model.reference, url=url,
+            pid=proc.pid, backend=backend, device=device, state="starting",
+            started_at=time.time(),
+        )  # fmt: skip
+        worker = _Worker(info=info, proc=proc, log_path=log_path)
+        self.workers[wid] = worker
+        worker.watcher = asyncio.create_task(self._watch(worker))
+        log.info("spawned worker %s pid %d on %s for %s", wid, proc.pid, url, model.reference)
+        return info
+
+    async def _watch(self, w: _Worker) -> None:
+        """Notice a worker's exit, whoever caused it, and forget it."""
+        code = await w.proc.wait()
+        self.workers.pop(w.info.id, None)
+        reason = "stopped" if w.stopping else "exited unexpectedly"
+        if not w.stopping:
+            log.warning("worker %s (pid %d) %s with code %s", w.info.id, w.info.pid, reason, code)
+        self.exited[w.info.id] = {
+            "exit_code": code,
+            "reason": reason,
+            "state_before": w.info.state,
+            "log_tail": tail(w.log_path),
+            "log_file": str(w.log_path),
+        }
+        while len(self.exited) > 100:
+            self.exited.popitem(last=False)
+
+    # ----------------------------------------------------------------- state
+
+    def on_callback(self, cb: WorkerReadyCallback) -> None:
+        w = self.workers.get(cb.worker_id)
+        if w is None:
+            raise WorkerNotFound(f"unknown worker {cb.worker_id!r}")
+        w.info = w.info.model_copy(update={"state": cb.state})
+        if cb.state != "loading":
+            w.loaded.set()
+
+    def list(self) -> list[WorkerInfo]:
+        return [w.info for w in self.workers.values()]
+
+    def get(self, wid: str) -> WorkerInfo:
+        if (w := self.workers.get(wid)) is not None:
+            return w.info
+        if (gone := self.exited.get(wid)) is not None:
+            raise WorkerNotFound(
+                f"worker {wid} {gone['reason']} (exit code {gone['exit_code']})",
+                details={"exited": gone},
+            )
+        raise WorkerNotFound(f"no worker {wid!r} on this node", details={"worker_id": wid})
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self, wid: str, *, reason: str = "requested") -> bool:
+        """Ask the worker to leave, then SIGTERM, then SIGKILL its process group."""
+        w = self.workers.get(wid)
+        if w is None:
+            self.get(wid)  # raises WorkerNotFound with what is known
+            return False
+        if w.stopping:
+            await self._wait_exit(w, STOP_GRACE_S + KILL_GRACE_S + 1)
+            return True
+        w.stopping = True
+        w.info = w.info.model_copy(update={"state": "stopping"})
+        log.info("stopping worker %s (%s)", wid, reason)
+        with contextlib.suppress(httpx.HTTPError):
+            await self._client.post(f"{w.info.url}/v1/admin/shutdown", timeout=2.0)
+        if not await self._wait_exit(w, STOP_GRACE_S):
+            self._signal(w, signal.SIGTERM)
+            if not await self._wait_exit(w, KILL_GRACE_S):
+                self._signal(w, signal.SIGKILL)
+                await self._wait_exit(w, 10.0)
+        return True
+
+    async def _wait_exit(self, w: _Worker, timeout: float) -> bool:
+        if w.watcher is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(w.watcher), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    def _signal(w: _Worker, sig: signal.Signals) -> None:
+        if w.proc.returncode is not None:
+            return  # already reaped: the pid may belong to someone else now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(w.proc.pid, sig)
+
+    # ------------------------------------------------------------ idle reaper
+
+    async def _reap_idle(self) -> None:
+        period = max(0.5, min(5.0, self.s.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            for wid, w in list(self.workers.items()):
+                if w.stopping or w.info.state not in ("idle", "busy"):
+                    continue
+                try:
+                    r = await self._client.get(f"{w.info.url}/v1/ready", timeout=2.0)
+                    ready = r.json()
+                except (httpx.HTTPError, ValueError):
+                    w.probe_failures += 1
+                    continue
+                w.probe_failures = 0
+                idle = ready.get("idle_seconds")
+                w.info = w.info.model_copy(
+                    update={"state": ready.get("state", w.info.state), "idle_seconds": idle}
+                )
+                if idle is not None and idle > self.s.idle_timeout_s:
+                    asyncio.create_task(self.stop(wid, reason=f"idle for {idle:.0f} s"))

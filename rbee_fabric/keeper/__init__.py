@@ -1,0 +1,1 @@
+"""The keeper's library side: everything `rbee` does except printing."""

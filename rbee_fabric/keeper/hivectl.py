@@ -1,0 +1,152 @@
+"""Hive lifecycle seen from the keeper: preflight (start if needed), status, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from rbee_fabric import __version__
+from rbee_fabric.errors import ConnectionTimeout, RbeeError, VersionMismatch
+from rbee_fabric.keeper.client import HiveClient, Unreachable
+from rbee_fabric.keeper.transport import Transport, wait_gone
+from rbee_fabric.schemas import HiveHealth
+
+ATTEMPTS = 3
+BACKOFF_S = 0.2
+START_WAIT_S = 20.0
+
+
+class Notes(Protocol):
+    def info(self, msg: str) -> None: ...
+
+    def attempt(self, n: int, total: int, address: str, error: str) -> None: ...
+
+
+async def connect_hive(t: Transport) -> HiveClient:
+    """A client for the node's hive, with its API key (not yet checked)."""
+    url = await t.reach(await t.hive_url())
+    return HiveClient(url, await t.api_key(), t.node.name, t.key_location())
+
+
+def check_version(health: HiveHealth, node: str) -> None:
+    if health.version != __version__:
+        raise VersionMismatch(
+            f"keeper is {__version__}, rbee-hive on {node} is {health.version}",
+            hint=f"upgrade the node: rbee nodes install {node} --upgrade",
+            details={"keeper": __version__, "hive": health.version, "node": node},
+        )
+
+
+async def ensure_hive(
+    t: Transport,
+    hive: HiveClient,
+    notes: Notes,
+    *,
+    start: bool = True,
+    attempts: int = ATTEMPTS,
+    idle_timeout: float | None = None,
+) -> HiveHealth:
+    """Step 2: the hive answers (started here if needed) and speaks our version."""
+    address = hive.base_url
+    last = ""
+    for n in range(1, attempts + 1):
+        try:
+            health = await hive.health(timeout=3.0)
+            break
+        except Unreachable as exc:
+            last = exc.message
+        if start and t.can_start_hive:
+            notes.info(f"rbee-hive is not running on {t.node.name}; starting it")
+            health = await _start_and_wait(t, hive, idle_timeout)
+            break
+        notes.attempt(n, attempts, address, last)
+        if n < attempts:
+            await asyncio.sleep(BACKOFF_S * 2 ** (n - 1))
+    else:
+        raise ConnectionTimeout(
+            f"rbee-hive at {address} did not answer after {attempts} attempts: {last}",
+            hint=f"is rbee-hive running on {t.node.name}? start it with: "
+            f"rbee hive start {t.node.name}",
+            details={"address": address, "attempts": attempts, "node": t.node.name},
+        )
+    check_version(health, t.node.name)
+    return health
+
+
+async def _start_and_wait(
+    t: Transport, hive: HiveClient, idle_timeout: float | None
+) -> HiveHealth:
+    await t.start_hive(idle_timeout)
+    deadline = time.monotonic() + START_WAIT_S
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            return await hive.health(timeout=2.0)
+        except Unreachable as exc:
+            last = exc.message
+        await asyncio.sleep(0.1)
+    log = "\n".join(await t.log_tail(15))
+    raise ConnectionTimeout(
+        f"rbee-hive on {t.node.name} did not become healthy within {START_WAIT_S:.0f} s: {last}",
+        hint=f"see the hive log (rbee hive logs {t.node.name}); last lines:\n{log}",
+        details={"address": hive.base_url, "node": t.node.name},
+    )
+
+
+@dataclass
+class HiveStatus:
+    running: bool
+    pid: int | None
+    address: str
+    version: str | None = None
+    workers: int | None = None
+    error: str | None = None
+
+
+async def status(t: Transport) -> HiveStatus:
+    hive = await connect_hive(t)
+    try:
+        pid = await t.hive_pid()
+        try:
+            health = await hive.health(timeout=3.0)
+        except Unreachable as exc:
+            return HiveStatus(False, pid, hive.base_url, error=exc.message)
+        workers: int | None = None
+        error = None
+        try:
+            workers = len((await hive.workers()).workers)
+        except RbeeError as exc:
+            error = str(exc)
+        return HiveStatus(True, pid, hive.base_url, health.version, workers, error)
+    finally:
+        await hive.aclose()
+
+
+async def stop(t: Transport) -> tuple[bool, int]:
+    """Stop the hive and every worker it spawned; (was running, workers stopped)."""
+    hive = await connect_hive(t)
+    try:
+        worker_pids: list[int] = []
+        try:
+            worker_pids = [w.pid for w in (await hive.workers()).workers]
+        except RbeeError:
+            pass  # hive down or key refused: fall back to the pid file alone
+        pid = await t.hive_pid()
+        if pid is None:
+            leftovers = await t.alive(worker_pids)
+            await t.signal_pids(leftovers, signal.SIGKILL)
+            return False, 0
+        await t.signal_pids([pid], signal.SIGTERM)  # the hive stops its workers
+        if await wait_gone(t, [pid], 20.0):
+            await t.signal_pids([pid], signal.SIGKILL)
+            await wait_gone(t, [pid], 5.0)
+        # Workers of a hive that could not stop them must not outlive it.
+        if leftovers := await t.alive(worker_pids):
+            await t.signal_pids(leftovers, signal.SIGKILL)
+            await wait_gone(t, leftovers, 5.0)
+        return True, len(worker_pids)
+    finally:
+        await hive.aclose()

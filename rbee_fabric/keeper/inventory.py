@@ -1,0 +1,170 @@
+"""The inventory (SPEC section 3): which nodes exist and how each is reached.
+
+Lookup order: `--inventory PATH`, `$RBEE_INVENTORY`, `~/.config/rbee/hosts.toml`,
+else a built-in inventory holding only `localhost`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rbee_fabric.errors import InventoryError, UsageError
+
+DEFAULT_HIVE_PORT = 9200
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+
+
+class NodeEntry(BaseModel):
+    """One `[nodes.NAME]` table; see hosts.example.toml for every key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hostname: str = Field(min_length=1, max_length=253)
+    user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    hive_port: int = Field(default=DEFAULT_HIVE_PORT, ge=1, le=65535)
+    backend: Literal["auto", "cpu", "cuda", "metal"] = "auto"
+    devices: list[int] = Field(default_factory=list)
+    network: Literal["tunnel", "direct"] = "tunnel"
+    python: str = Field(default="python3", min_length=1)
+    install_dir: str = "~/.local/share/rbee"
+    local: bool = False
+
+
+class InventoryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: dict[str, NodeEntry] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A resolved node: inventory entry, or a name resolved by the rules."""
+
+    name: str
+    hostname: str
+    local: bool
+    hive_port: int = DEFAULT_HIVE_PORT
+    user: str | None = None
+    ssh_port: int | None = None
+    backend: str = "auto"
+    devices: tuple[int, ...] = ()
+    network: str = "tunnel"
+    python: str = "python3"
+    install_dir: str = "~/.local/share/rbee"
+    source: str = "built-in"
+
+    @property
+    def reach(self) -> str:
+        if self.local:
+            return "local (no SSH)"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.ssh_port}" if self.ssh_port else ""
+        return f"ssh {user}{self.hostname}{port} ({self.network})"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    nodes: dict[str, Node]
+    path: Path | None
+
+    def resolve(self, name: str) -> Node:
+        """Inventory first; then local names; then NAME.home.arpa."""
+        validate_node_name(name)
+        if name in self.nodes:
+            return self.nodes[name]
+        if name in LOCAL_NAMES or name == socket.gethostname():
+            return Node(name=name, hostname="127.0.0.1", local=True)
+        hostname = name if "." in name else f"{name}.home.arpa"
+        return Node(name=name, hostname=hostname, local=False, source="name rules")
+
+
+def validate_node_name(name: str) -> None:
+    """Refuse anything that is not a DNS name (or a loopback literal)."""
+    if name in LOCAL_NAMES:
+        return
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(lbl) for lbl in labels):
+        raise UsageError(
+            f"invalid node name {name!r}",
+            hint="node names are DNS labels: letters, digits and '-', separated by dots",
+            details={"field": "node", "node": name},
+        )
+
+
+def inventory_path(explicit: str | None) -> Path | None:
+    """The inventory file to read, by the lookup order; None for the built-in one."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if env := os.environ.get("RBEE_INVENTORY"):
+        return Path(env).expanduser()
+    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    candidate = default / "rbee" / "hosts.toml"
+    return candidate if candidate.exists() else None
+
+
+def load(explicit: str | None = None) -> Inventory:
+    path = inventory_path(explicit)
+    builtin = {"localhost": Node(name="localhost", hostname="127.0.0.1", local=True)}
+    if path is None:
+        return Inventory(nodes=builtin, path=None)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InventoryError(
+            f"inventory file not found: {path}",
+            hint="copy hosts.example.toml to ~/.config/rbee/hosts.toml, or fix --inventory",
+            details={"file": str(path)},
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError(
+            f"{path}: not valid TOML: {exc}",
+            hint="see hosts.example.toml for the format",
+            details={"file": str(path)},
+        ) from None
+    try:
+        parsed = InventoryFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise InventoryError(
+            f"{path}: {key}: {reason}",
+            hint="see hosts.example.toml for every key and its allowed values",
+            details={"file": str(path), "key": key},
+        ) from None
+    nodes = dict(builtin)
+    for name, entry in parsed.nodes.items():
+        try:
+            validate_node_name(name)
+        except UsageError:
+            raise InventoryError(
+                f"{path}: nodes.{name}: not a valid node name",
+                hint="node names are DNS labels: letters, digits and '-'",
+                details={"file": str(path), "key": f"nodes.{name}"},
+            ) from None
+        local = entry.local or entry.hostname in LOCAL_NAMES and entry.user is None
+        nodes[name] = Node(
+            name=name,
+            hostname=entry.hostname,
+            local=local,
+            hive_port=entry.hive_port,
+            user=entry.user,
+            ssh_port=entry.ssh_port,
+            backend=entry.backend,
+            devices=tuple(entry.devices),
+            network=entry.network,
+            python=entry.python,
+            install_dir=entry.install_dir,
+            source=str(path),
+        )
+    return Inventory(nodes=nodes, path=path)

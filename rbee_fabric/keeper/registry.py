@@ -1,0 +1,83 @@
+"""The keeper's worker registry: which workers it started, where, for what model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rbee_fabric.db import open_db
+
+_TABLE = "workers"
+
+
+@dataclass
+class WorkerRecord:
+    id: str
+    node: str
+    model_ref: str
+    backend: str
+    url: str
+    pid: int
+    state: str
+    last_health_at: float
+    created_at: float
+
+
+class Registry:
+    """SQLite (WAL) registry under the keeper's data directory; safe across processes."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_db(path)
+        self._db[_TABLE].create(  # type: ignore[union-attr]
+            {
+                "id": str, "node": str, "model_ref": str, "backend": str, "url": str,
+                "pid": int, "state": str, "last_health_at": float, "created_at": float,
+            },
+            pk="id",
+            if_not_exists=True,
+        )  # fmt: skip
+        self._db[_TABLE].create_index(["node", "model_ref"], if_not_exists=True)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def candidates(self, node: str, model_ref: str, backend: str) -> list[WorkerRecord]:
+        """Workers on node for model, most recently healthy first."""
+        where = "node = ? AND model_ref = ?"
+        args: list[object] = [node, model_ref]
+        if backend != "auto":
+            where += " AND backend = ?"
+            args.append(backend)
+        rows = self._db[_TABLE].rows_where(where, args, order_by="last_health_at desc")
+        return [WorkerRecord(**r) for r in rows]
+
+    def add(self, rec: WorkerRecord) -> None:
+        self._db[_TABLE].upsert(asdict(rec), pk="id")  # type: ignore[union-attr]
+
+    def touch(self, worker_id: str, state: str) -> None:
+        self._db.execute(
+            f"UPDATE {_TABLE} SET state = ?, last_health_at = ? WHERE id = ?",
+            [state, time.time(), worker_id],
+        )
+
+    def remove(self, worker_id: str) -> None:
+        self._db.execute(f"DELETE FROM {_TABLE} WHERE id = ?", [worker_id])
+
+    def list(self, node: str | None = None) -> list[WorkerRecord]:
+        if node is None:
+            rows = self._db[_TABLE].rows_where(order_by="node, created_at")
+        else:
+            rows = self._db[_TABLE].rows_where("node = ?", [node], order_by="created_at")
+        return [WorkerRecord(**r) for r in rows]
+
+    def get(self, worker_id: str) -> WorkerRecord | None:
+        rows = list(self._db[_TABLE].rows_where("id = ?", [worker_id]))
+        return WorkerRecord(**rows[0]) if rows else None
+
+    def sync(self, node: str, live_ids: set[str]) -> int:
+        """Drop this node's records the hive no longer knows; returns how many."""
+        gone = [r.id for r in self.list(node) if r.id not in live_ids]
+        for wid in gone:
+            self.remove(wid)
+        return len(gone)

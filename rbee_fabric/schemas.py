@@ -1,0 +1,190 @@
+"""Every message exchanged by keeper, hive and worker.
+
+This is the one module the three programs share for their wire format: the
+request and response bodies of both HTTP APIs, the SSE events of every
+stream, and the error envelope. Nothing else defines a field name that
+crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_VERSION = "1"
+
+Backend = Literal["auto", "cpu", "cuda", "metal"]
+WorkerState = Literal["starting", "loading", "idle", "busy", "failed", "stopping"]
+
+
+class Message(BaseModel):
+    """Base for every wire message: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------- errors
+
+
+class ErrorBody(Message):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorEnvelope(Message):
+    """The single error shape of every HTTP error and every SSE error event."""
+
+    error: ErrorBody
+
+
+# ------------------------------------------------------------------- hive
+
+
+class HiveHealth(Message):
+    status: Literal["ok"] = "ok"
+    version: str
+    api_version: str = API_VERSION
+
+
+class ModelInfo(Message):
+    """One entry of a node's model catalog."""
+
+    id: str
+    reference: str
+    path: str
+    size_bytes: int
+    sha256: str | None = None
+    architecture: str | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    parameter_count: int | None = None
+    added_at: str
+
+
+class ModelList(Message):
+    models: list[ModelInfo]
+
+
+class DownloadRequest(Message):
+    reference: str = Field(min_length=1, max_length=512)
+
+
+class DownloadStarted(Message):
+    """Answer to a download request: the model is there, or a job streams progress."""
+
+    model: ModelInfo | None = None
+    download_id: str | None = None
+    progress_url: str | None = None
+
+
+class DownloadProgress(Message):
+    """SSE event of `GET /v1/models/download/{id}/progress`."""
+
+    stage: Literal["resolving", "downloading", "verifying", "done", "failed"]
+    filename: str | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    bytes_per_second: float | None = None
+    model: ModelInfo | None = None
+    error: ErrorBody | None = None
+
+
+class SpawnRequest(Message):
+    model_id: str = Field(min_length=1)
+    backend: Backend = "auto"
+    device: int = Field(default=0, ge=0)
+    n_ctx: int = Field(default=2048, ge=16, le=1_048_576)
+
+
+class WorkerInfo(Message):
+    id: str
+    model_id: str
+    model_reference: str
+    url: str
+    pid: int
+    backend: str
+    device: int
+    state: WorkerState
+    started_at: float
+    idle_seconds: float | None = None
+
+
+class WorkerList(Message):
+    workers: list[WorkerInfo]
+
+
+class WorkerReadyCallback(Message):
+    """The worker calls the hive back with this: once bound, again when loaded."""
+
+    worker_id: str
+    url: str
+    state: Literal["loading", "idle", "failed"]
+    error: str | None = None
+
+
+class Ack(Message):
+    ok: bool = True
+    message: str | None = None
+
+
+class DeviceInfo(Message):
+    index: int
+    name: str
+    total_mb: int
+    free_mb: int
+
+
+class Resources(Message):
+    ram_total_mb: int
+    ram_available_mb: int
+    backends: list[str]
+    devices: dict[str, list[DeviceInfo]] = Field(default_factory=dict)
+    llama_backend: str
+    disk_free_mb: int
+
+
+# ----------------------------------------------------------------- worker
+
+
+class WorkerReady(Message):
+    ready: bool
+    state: WorkerState
+    progress_url: str
+    model: str
+    idle_seconds: float | None = None
+
+
+class LoadingProgress(Message):
+    """SSE event of `GET /v1/loading/progress`."""
+
+    stage: Literal["loading", "ready", "failed"]
+    progress: float = Field(ge=0.0, le=1.0)
+    error: str | None = None
+
+
+class InferenceRequest(Message):
+    prompt: str = Field(min_length=1, max_length=1_000_000)
+    max_tokens: int = Field(default=20, ge=1, le=1_000_000)
+    temperature: float = Field(default=0.7, ge=0.0, le=10.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class TokenEvent(Message):
+    token: str
+    index: int
+
+
+class DoneEvent(Message):
+    done: Literal[True] = True
+    total_tokens: int
+    duration_ms: int
+    stop_reason: Literal["length", "stop", "canceled"] = "stop"
+
+
+class CancelAck(Message):
+    request_id: str
+    canceled: bool

@@ -1,0 +1,1 @@
+"""llm-worker-rbee: one GGUF model behind an HTTP API, one generation at a time."""
