@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -100,7 +102,20 @@ def serve(app: FastAPI, sock: socket.socket, *, log_level: str = "warning") -> N
     """Run uvicorn on an already bound socket until it is told to stop."""
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # A SIGTERM or SIGINT is our normal way to stop: after the graceful
+            # shutdown, exit 0 instead of re-raising the signal as uvicorn does.
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)
     asyncio.run(server.serve(sockets=[sock]))

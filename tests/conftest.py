@@ -1,0 +1,138 @@
+"""Shared fixtures: an isolated rbee home per test, the tiny model, real daemons."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import free_port, kill_all, processes_with_env, wait_http
+from tests.support.tiny_gguf import write_tiny_gguf
+
+IN_CI = os.environ.get("CI", "") not in ("", "0", "false")
+
+
+@dataclass
+class RbeeHome:
+    data: Path
+    config: Path
+    env: dict[str, str]
+    marker: str
+
+    @property
+    def api_key(self) -> str:
+        from rbee_fabric.paths import ensure_api_key
+
+        return ensure_api_key(self.config / "api_key")
+
+    def local_node(self, hive_port: int | None = None) -> int:
+        """Point `localhost` at a private hive port (so tests never share a hive)."""
+        port = hive_port or free_port()
+        Path(self.env["RBEE_INVENTORY"]).write_text(
+            f'[nodes.localhost]\nhostname = "127.0.0.1"\nlocal = true\nhive_port = {port}\n'
+        )
+        return port
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run `rbee ARGS` as a user would, in this home."""
+        return subprocess.run(
+            [sys.executable, "-m", "rbee_fabric.cli", *args],
+            env=self.env, capture_output=True, text=True, input=input, timeout=timeout,
+        )
+
+
+@pytest.fixture
+def rbee_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RbeeHome]:
+    """A private data and config directory; at the end, no process of ours may remain."""
+    marker = uuid.uuid4().hex
+    data, config = tmp_path / "data", tmp_path / "config"
+    values = {
+        "RBEE_DATA_DIR": str(data),
+        "RBEE_CONFIG_DIR": str(config),
+        "RBEE_TEST_MARKER": marker,
+        "RBEE_INVENTORY": str(tmp_path / "hosts.toml"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "hosts.toml").write_text("")
+    home = RbeeHome(data=data, config=config, env=dict(os.environ), marker=marker)
+    yield home
+    # Let polite shutdowns finish before judging.
+    import time
+
+    deadline = time.monotonic() + 10
+    left = processes_with_env("RBEE_TEST_MARKER", marker)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = processes_with_env("RBEE_TEST_MARKER", marker)
+    kill_all(left)
+    assert not left, f"processes left running after the test: {left}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real GGUF file (llama architecture, random weights, ~0.5 MB)."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf")
+
+
+@dataclass
+class Hive:
+    url: str
+    port: int
+    api_key: str
+    proc: subprocess.Popen[bytes]
+    home: RbeeHome
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def start_hive(home: RbeeHome, *args: str, env: dict[str, str] | None = None) -> Hive:
+    port = free_port()
+    log = open(home.data.parent / f"hive-{port}.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rbee_fabric.hive", "--port", str(port), *args],
+        env={**home.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v1/health", proc=proc)
+    return Hive(url=url, port=port, api_key=home.api_key, proc=proc, home=home)
+
+
+def stop_hive(hive: Hive) -> int:
+    if hive.proc.poll() is None:
+        hive.proc.send_signal(signal.SIGTERM)
+    try:
+        return hive.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        hive.proc.kill()
+        return hive.proc.wait()
+
+
+@pytest.fixture
+def hive(rbee_home: RbeeHome) -> Iterator[Hive]:
+    """A real rbee-hive process on a free loopback port."""
+    h = start_hive(rbee_home)
+    yield h
+    stop_hive(h)
+
+
+@pytest.fixture
+def scripted_hive(rbee_home: RbeeHome) -> Iterator[Hive]:
+    """A real hive whose workers use the scripted engine (slow, deterministic tokens)."""
+    h = start_hive(
+        rbee_home,
+        env={"RBEE_WORKER_ENGINE": "scripted", "RBEE_SCRIPTED_DELAY_MS": "50"},
+    )
+    yield h
+    stop_hive(h)

