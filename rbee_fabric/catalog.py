@@ -26,26 +26,17 @@ class Catalog:
     """Model catalog of one node; an entry exists only for a complete, verified file."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_db(path)
         self._lock = threading.Lock()
-        self._db[_TABLE].create(  # type: ignore[union-attr]
-            {
-                "id": str,
-                "reference": str,
-                "path": str,
-                "size_bytes": int,
-                "sha256": str,
-                "architecture": str,
-                "quantization": str,
-                "context_length": int,
-                "parameter_count": int,
-                "added_at": str,
-            },
-            pk="id",
-            not_null={"reference", "path", "size_bytes", "added_at"},
-            if_not_exists=True,
+        self._db = open_db(
+            path,
+            [
+                f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
+                    id TEXT PRIMARY KEY, reference TEXT NOT NULL UNIQUE, path TEXT NOT NULL,
+                    size_bytes INTEGER NOT NULL, sha256 TEXT, architecture TEXT,
+                    quantization TEXT, context_length INTEGER, parameter_count INTEGER,
+                    added_at TEXT NOT NULL)""",
+            ],
         )
-        self._db[_TABLE].create_index(["reference"], unique=True, if_not_exists=True)  # type: ignore[union-attr]
 
     def close(self) -> None:
         self._db.close()

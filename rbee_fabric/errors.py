@@ -18,6 +18,13 @@
     ├── WorkerNotFound             WORKER_NOT_FOUND (404)
     ├── LoadingTimeout             LOADING_TIMEOUT
     ├── RequestCanceled            REQUEST_CANCELED (499, exit 130)
+    ├── NotInstalled               NOT_INSTALLED (rbee-fabric missing on a node)
+    ├── SshError                   reaching a node over SSH
+    │   ├── NodeUnreachable        NODE_UNREACHABLE (DNS, refused, timeout)
+    │   ├── HostKeyUnknown         HOST_KEY_UNKNOWN (fingerprint + trust command)
+    │   ├── HostKeyChanged         HOST_KEY_CHANGED (loud)
+    │   ├── SshAuthFailed          SSH_AUTH_FAILED
+    │   └── RemoteCommandFailed    REMOTE_COMMAND_FAILED (command, status, output)
     └── InternalError              INTERNAL_ERROR (500)
 
 HTTP servers turn an RbeeError into the envelope `{"error": {code, message,
@@ -162,6 +169,39 @@ class RequestCanceled(RbeeError):
     exit_code = EXIT_CANCELED
 
 
+class SshError(RbeeError):
+    """Base of the errors of reaching a node over SSH."""
+
+    code = "SSH_ERROR"
+    http_status = 502
+
+
+class NodeUnreachable(SshError):
+    code = "NODE_UNREACHABLE"
+
+
+class HostKeyUnknown(SshError):
+    code = "HOST_KEY_UNKNOWN"
+
+
+class HostKeyChanged(SshError):
+    code = "HOST_KEY_CHANGED"
+
+
+class SshAuthFailed(SshError):
+    code = "SSH_AUTH_FAILED"
+
+
+class RemoteCommandFailed(SshError):
+    """A command on a node failed; keeps the command, exit status and output."""
+
+    code = "REMOTE_COMMAND_FAILED"
+
+
+class NotInstalled(RbeeError):
+    code = "NOT_INSTALLED"
+
+
 class InternalError(RbeeError):
     code = "INTERNAL_ERROR"
     http_status = 500
@@ -187,6 +227,12 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         WorkerNotFound,
         LoadingTimeout,
         RequestCanceled,
+        NodeUnreachable,
+        HostKeyUnknown,
+        HostKeyChanged,
+        SshAuthFailed,
+        RemoteCommandFailed,
+        NotInstalled,
         InternalError,
     )
 }

@@ -136,3 +136,33 @@ def scripted_hive(rbee_home: RbeeHome) -> Iterator[Hive]:
     )
     yield h
     stop_hive(h)
+
+
+# ---------------------------------------------------------------------- lab
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Eight real sshd nodes on 127.0.0.2-9 (fresh homes); torn down at the end.
+
+    Under CI a missing lab is a failure, never a skip.
+    """
+    from tests.lab import lab as lab_mod
+
+    try:
+        lab_mod.up(lab_mod.MAX_NODES, fresh=True)
+    except (PermissionError, FileNotFoundError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"the SSH lab cannot run here: {exc}")
+        pytest.skip(f"the SSH lab needs root and openssh-server: {exc}")
+    env = lab_mod.env()
+    env["RBEE_WHEELHOUSE_DIR"] = str(tmp_path_factory.mktemp("wheelhouse"))
+    yield env
+    lab_mod.down()
+
+
+@pytest.fixture
+def lab_home(rbee_home: RbeeHome, lab: dict[str, str]) -> RbeeHome:
+    """An rbee home whose keeper sees the lab inventory and SSH config."""
+    rbee_home.env.update(lab)
+    return rbee_home

@@ -46,6 +46,71 @@ def nodes_list(
     Console().print(table)
 
 
+@nodes_app.command("install")
+def nodes_install(
+    node: NodeArg,
+    upgrade: Annotated[bool, typer.Option("--upgrade", help="replace another installed version")] = False,
+) -> None:
+    """Install the keeper's version of rbee-fabric on NODE (no internet needed there)."""
+    from rbee_fabric.cli.ui import TerminalReporter, err
+    from rbee_fabric.keeper.bootstrap import install
+    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.ssh import SshTransport
+
+    reporter = TerminalReporter()
+
+    async def main() -> Any:
+        async with node_transport(node, G.inventory) as t:
+            if not isinstance(t, SshTransport):
+                return None
+            try:
+                return await install(t, reporter, upgrade=upgrade)
+            finally:
+                reporter.close_bar()
+
+    report = _run(main())
+    if report is None:
+        err.print(f"{node} is this machine: it uses the keeper's own installation; nothing to do")
+        return
+    suffix = f" in {report.seconds:.1f} s" if report.changed else ""
+    err.print(report.message + suffix)
+
+
+@nodes_app.command("trust")
+def nodes_trust(
+    node: NodeArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Fetch NODE's SSH host key, show its fingerprint, and add it to known_hosts."""
+    from rbee_fabric.cli.ui import err
+    from rbee_fabric.keeper import inventory
+    from rbee_fabric.keeper.ssh import fetch_host_key, trust
+
+    target = _run(_resolve(node))
+    if target.local:
+        err.print(f"{node} is this machine: no SSH, nothing to trust")
+        return
+    key = _run(fetch_host_key(target))
+    fingerprint = key.get_fingerprint()
+    err.print(f"{node} ({target.hostname}) presents {key.get_algorithm()} key {fingerprint}")
+    if not yes:
+        if not typer.confirm("Trust this key?", err=True):
+            raise typer.Exit(1)
+
+    async def add() -> Any:
+        return trust(target, key)
+
+    path, added = _run(add())
+    err.print(f"added to {path}" if added else f"already trusted in {path}")
+    del inventory
+
+
+async def _resolve(node: str) -> Any:
+    from rbee_fabric.keeper import inventory
+
+    return inventory.load(G.inventory).resolve(node)
+
+
 # -------------------------------------------------------------------- hive
 
 

@@ -27,7 +27,7 @@ from rbee_fabric.schemas import DownloadProgress, LoadingProgress
 
 T = TypeVar("T")
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class TerminalReporter:
@@ -76,6 +76,13 @@ class TerminalReporter:
         assert self._task is not None
         bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
         if p.stage in ("done", "failed"):
+            self.close_bar()
+
+    def transfer(self, name: str, done: int, total: int) -> None:
+        bar = self._bar("download", f"copying {name}", total)
+        assert self._task is not None
+        bar.update(self._task, completed=done, total=total)
+        if done >= total:
             self.close_bar()
 
     def loading(self, p: LoadingProgress) -> None:

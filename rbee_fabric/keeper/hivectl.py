@@ -108,19 +108,20 @@ class HiveStatus:
 
 async def status(t: Transport) -> HiveStatus:
     hive = await connect_hive(t)
+    address = f"{t.node.name} {await t.hive_url()}"
     try:
         pid = await t.hive_pid()
         try:
             health = await hive.health(timeout=3.0)
         except Unreachable as exc:
-            return HiveStatus(False, pid, hive.base_url, error=exc.message)
+            return HiveStatus(False, pid, address, error=exc.message)
         workers: int | None = None
         error = None
         try:
             workers = len((await hive.workers()).workers)
         except RbeeError as exc:
             error = str(exc)
-        return HiveStatus(True, pid, hive.base_url, health.version, workers, error)
+        return HiveStatus(True, pid, address, health.version, workers, error)
     finally:
         await hive.aclose()
 

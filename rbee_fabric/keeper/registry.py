@@ -28,16 +28,16 @@ class Registry:
     """SQLite (WAL) registry under the keeper's data directory; safe across processes."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_db(path)
-        self._db[_TABLE].create(  # type: ignore[union-attr]
-            {
-                "id": str, "node": str, "model_ref": str, "backend": str, "url": str,
-                "pid": int, "state": str, "last_health_at": float, "created_at": float,
-            },
-            pk="id",
-            if_not_exists=True,
-        )  # fmt: skip
-        self._db[_TABLE].create_index(["node", "model_ref"], if_not_exists=True)  # type: ignore[union-attr]
+        self._db = open_db(
+            path,
+            [
+                f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
+                    id TEXT PRIMARY KEY, node TEXT NOT NULL, model_ref TEXT NOT NULL,
+                    backend TEXT NOT NULL, url TEXT NOT NULL, pid INTEGER NOT NULL,
+                    state TEXT NOT NULL, last_health_at REAL NOT NULL, created_at REAL NOT NULL)""",
+                f"CREATE INDEX IF NOT EXISTS idx_{_TABLE}_node_model ON {_TABLE} (node, model_ref)",
+            ],
+        )
 
     def close(self) -> None:
         self._db.close()

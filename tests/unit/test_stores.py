@@ -3,6 +3,7 @@
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 from rbee_fabric.catalog import Catalog
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
@@ -25,7 +26,8 @@ def test_registry_creates_its_parent_directories(tmp_path: Path) -> None:
     assert reg.list() == []
 
 
-def _writer(path: str, start: int) -> None:
+def _writer(path: str, start: int, barrier: Any) -> None:
+    barrier.wait()  # every process creates the fresh file at the same instant
     reg = Registry(Path(path))
     for i in range(start, start + 50):
         reg.add(rec(i))
@@ -34,16 +36,17 @@ def _writer(path: str, start: int) -> None:
 
 
 def test_registry_is_safe_with_several_processes(tmp_path: Path) -> None:
-    path = tmp_path / "registry.db"
-    Registry(path).close()
-    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(str(path), k * 100)) for k in range(4)]
+    path = tmp_path / "fresh" / "registry.db"  # created by all of them at once
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_writer, args=(str(path), k * 100, barrier)) for k in range(6)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
     rows = Registry(path).list()
-    assert len(rows) == 200
+    assert len(rows) == 300
     assert {r.state for r in rows} == {"busy"}
 
 

@@ -1,0 +1,1 @@
+"""The SSH lab (see lab.py)."""
