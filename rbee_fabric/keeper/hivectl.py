@@ -87,10 +87,13 @@ async def _start_and_wait(
             return await hive.health(timeout=2.0)
         except Unreachable as exc:
             last = exc.message
+        if await t.hive_start_failed():
+            last = "rbee-hive exited right after it started"
+            break
         await asyncio.sleep(0.1)
     log = "\n".join(await t.log_tail(15))
     raise ConnectionTimeout(
-        f"rbee-hive on {t.node.name} did not become healthy within {START_WAIT_S:.0f} s: {last}",
+        f"rbee-hive on {t.node.name} did not become healthy: {last}",
         hint=f"see the hive log (rbee hive logs {t.node.name}); last lines:\n{log}",
         details={"address": hive.base_url, "node": t.node.name},
     )

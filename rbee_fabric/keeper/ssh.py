@@ -318,6 +318,9 @@ class SshTransport:
         await self.run_shell(line)
         self._api_key = None  # the hive creates the key if it was missing
 
+    async def hive_start_failed(self) -> bool:
+        return False  # the remote hive is detached; its health tells
+
     async def hive_pid(self) -> int | None:
         data = await self.remote_path(self.node.install_dir)
         r = await self.run(["cat", f"{data}/hive.pid"], check=False)

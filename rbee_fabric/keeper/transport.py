@@ -38,6 +38,8 @@ class Transport(Protocol):
 
     async def start_hive(self, idle_timeout: float | None = None) -> None: ...
 
+    async def hive_start_failed(self) -> bool: ...
+
     async def hive_pid(self) -> int | None: ...
 
     async def signal_pids(self, pids: list[int], sig: int) -> None: ...
@@ -65,10 +67,15 @@ class LocalTransport:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self._started: subprocess.Popen[bytes] | None = None
 
     @property
     def can_start_hive(self) -> bool:
         return True
+
+    async def hive_start_failed(self) -> bool:
+        """True when the hive this transport started has already exited."""
+        return self._started is not None and self._started.poll() is not None
 
     async def hive_url(self) -> str:
         return f"http://127.0.0.1:{self.node.hive_port}"
@@ -90,7 +97,7 @@ class LocalTransport:
         if idle_timeout is not None:
             cmd += ["--idle-timeout", str(idle_timeout)]
         with open(paths.hive_log_file(), "ab") as log:
-            subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self._started = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

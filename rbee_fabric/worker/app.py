@@ -70,6 +70,7 @@ class WorkerState:
         self.current: _Current | None = None
         self.idle_since = time.monotonic()
         self.stopping = False
+        self.cleanup: asyncio.Task[None] | None = None
 
     async def set_progress(self, stage: str, progress: float, error: str | None = None) -> None:
         async with self.changed:
@@ -198,7 +199,7 @@ async def _stream(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         async for chunk in rest:
             yield chunk
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()  # type: ignore[attr-defined]  # runs _generate's cleanup
 
 
 def _release(w: WorkerState, current: _Current) -> None:
@@ -253,10 +254,19 @@ async def _generate(
                 yield sse.encode(sse.DONE)
                 return
     finally:
-        # Also reached when the client goes away: stop the engine, free the slot.
+        # Also reached when the client goes away. Then this task sits in a cancelled
+        # (anyio) scope where every await raises again, so nothing here awaits: the
+        # slot is freed by a separate task once the engine thread has stopped.
         current.cancel.set()
-        await asyncio.to_thread(thread.join)
-        _release(w, current)
+        if thread.is_alive():
+            w.cleanup = asyncio.get_running_loop().create_task(_release_after(w, current, thread))
+        else:
+            _release(w, current)
+
+
+async def _release_after(w: WorkerState, current: _Current, thread: threading.Thread) -> None:
+    await asyncio.to_thread(thread.join)
+    _release(w, current)
 
 
 async def _boot(app: FastAPI, w: WorkerState) -> None:
