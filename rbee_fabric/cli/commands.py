@@ -46,6 +46,46 @@ def nodes_list(
     Console().print(table)
 
 
+@nodes_app.command("check")
+def nodes_check(
+    nodes: Annotated[list[str] | None, typer.Argument(help="nodes to check (default: all)")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="also check that MODEL fits")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds per node")] = 20.0,
+) -> None:
+    """Check every node for what the other commands need, with a fix for each problem."""
+    from rbee_fabric.keeper import inventory
+    from rbee_fabric.keeper.preflight import check_nodes
+
+    async def main() -> Any:
+        inv = inventory.load(G.inventory)
+        targets = [inv.resolve(n) for n in nodes] if nodes else list(inv.nodes.values())
+        return await check_nodes(targets, model, timeout)
+
+    reports = _run(main())
+    ok = all(r.ok for r in reports)
+    if as_json:
+        print(json.dumps({"ok": ok, "nodes": [r.to_dict() for r in reports]}, indent=2))
+        raise typer.Exit(0 if ok else 1)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    style = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+    for r in reports:
+        table = Table(title=f"{r.node} ({r.reached_by})", title_justify="left", expand=False)
+        for col in ("check", "result", "detail", "fix"):
+            table.add_column(col, overflow="fold")
+        for c in r.checks:
+            table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.fix or "")
+        console.print(table)
+        fails = [c for c in r.checks if c.status == "fail"]
+        warns = [c for c in r.checks if c.status == "warn"]
+        verdict = "[green]ready[/green]" if not fails else f"[bold red]{len(fails)} problem(s)[/bold red]"
+        console.print(f"{r.node}: {verdict}" + (f", {len(warns)} warning(s)" if warns else "") + "\n")
+    raise typer.Exit(0 if ok else 1)
+
+
 @nodes_app.command("install")
 def nodes_install(
     node: NodeArg,

@@ -15,7 +15,6 @@ import shlex
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,17 +30,10 @@ from rbee_fabric.errors import (
     SshAuthFailed,
 )
 from rbee_fabric.keeper.inventory import Node
+from rbee_fabric.keeper.transport import RemoteResult
 
 CONNECT_TIMEOUT_S = 10.0
 KEY_FILE = ".config/rbee/api_key"
-
-
-@dataclass
-class RemoteResult:
-    command: str
-    exit_status: int
-    stdout: str
-    stderr: str
 
 
 def ssh_config_files() -> list[str]:

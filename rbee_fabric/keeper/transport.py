@@ -15,11 +15,22 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from rbee_fabric import paths
 from rbee_fabric.keeper.inventory import Node
+
+
+@dataclass
+class RemoteResult:
+    """The outcome of a command on a node (or here): command, status, output."""
+
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
 
 
 class Transport(Protocol):
@@ -49,6 +60,12 @@ class Transport(Protocol):
     async def log_tail(self, lines: int = 20) -> list[str]: ...
 
     def log_follow(self) -> AsyncIterator[str]: ...
+
+    async def run(self, argv: list[str], *, check: bool = False, timeout: float = 60.0) -> RemoteResult: ...
+
+    async def python(self) -> str: ...
+
+    async def remote_path(self, path: str) -> str: ...
 
     async def close(self) -> None: ...
 
@@ -127,6 +144,28 @@ class LocalTransport:
         from rbee_fabric.hive.supervisor import tail
 
         return tail(paths.hive_log_file(), lines)
+
+    async def run(self, argv: list[str], *, check: bool = False, timeout: float = 60.0) -> RemoteResult:
+        """Run a local command (the local twin of the SSH transport's run)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            return RemoteResult(" ".join(argv), 127, "", str(exc))
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return RemoteResult(" ".join(argv), 124, "", "timed out")
+        return RemoteResult(" ".join(argv), proc.returncode or 0, out.decode(), err.decode())
+
+    async def python(self) -> str:
+        return sys.executable
+
+    async def remote_path(self, path: str) -> str:
+        return str(paths.data_dir()) if path == "~/.local/share/rbee" else os.path.expanduser(path)
 
     async def log_follow(self) -> AsyncIterator[str]:
         """New lines of the hive log as they are written (until interrupted)."""

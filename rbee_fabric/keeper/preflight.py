@@ -1,0 +1,386 @@
+"""`rbee nodes check`: every problem the other commands would hit, per node, with its fix.
+
+All nodes are checked concurrently, one SSH connection each, each under its
+own timeout. A remote fact is a command plus a pure parser of its output
+(`parse_*` here and in resources.py), so the parsers are tested from captured
+output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from rbee_fabric import __version__, modelref
+from rbee_fabric.errors import (
+    HostKeyChanged,
+    HostKeyUnknown,
+    InvalidApiKey,
+    ModelNotFound,
+    NodeUnreachable,
+    NotInstalled,
+    RbeeError,
+    SshAuthFailed,
+    UsageError,
+)
+from rbee_fabric.keeper import hivectl
+from rbee_fabric.keeper.bootstrap import MIN_PYTHON, PROBE, parse_probe
+from rbee_fabric.keeper.client import Unreachable
+from rbee_fabric.keeper.inventory import Node
+from rbee_fabric.keeper.transport import Transport, for_node
+from rbee_fabric.resources import NVIDIA_SMI_QUERY, parse_meminfo, parse_nvidia_smi, required_mb
+
+Status = Literal["pass", "warn", "fail", "skip"]
+NODE_TIMEOUT_S = 20.0
+DEFAULT_CTX = 2048
+MIN_DISK_MB = 1024
+WORKER_PORTS = (9300, 9399)
+
+PORT_PROBE = (
+    "import socket, sys\n"
+    "host, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+    "for p in range(lo, hi + 1):\n"
+    "    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)\n"
+    "    try:\n"
+    "        s.bind((host, p)); print('free', p); break\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    finally:\n"
+    "        s.close()\n"
+    "else:\n"
+    "    print('taken')\n"
+)
+
+MODEL_PROBE = (
+    "import json, os, sys\n"
+    "from rbee_fabric.ggufmeta import read_info\n"
+    "p = sys.argv[1]; ctx = int(sys.argv[2])\n"
+    "try:\n"
+    "    i = read_info(p)\n"
+    "    print(json.dumps({'size': os.path.getsize(p), 'kv': i.kv_cache_bytes(ctx)}))\n"
+    "except Exception as e:\n"
+    "    print(json.dumps({'error': str(e)}))\n"
+)
+
+ALIAS_PROBE = (
+    "import json, importlib, sys\n"
+    "m = importlib.import_module(sys.argv[1])\n"
+    "print(json.dumps({'size': sum(p.stat().st_size for p in m.chunk_paths())}))\n"
+)
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class NodeReport:
+    node: str
+    reached_by: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.status == "fail" for c in self.checks)
+
+    def add(self, name: str, status: Status, detail: str, fix: str | None = None) -> None:
+        self.checks.append(Check(name, status, detail, fix))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"node": self.node, "reached_by": self.reached_by, "ok": self.ok,
+                "checks": [asdict(c) for c in self.checks]}  # fmt: skip
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def parse_df(text: str) -> int | None:
+    """Free MB from `df -Pk PATH` (POSIX format)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if len(lines) < 2:
+        return None
+    parts = lines[-1].split()
+    try:
+        return int(parts[3]) // 1024
+    except (IndexError, ValueError):
+        return None
+
+
+def parse_port_probe(text: str) -> int | None:
+    """The free port PORT_PROBE found, or None when all were taken."""
+    parts = text.split()
+    return int(parts[1]) if len(parts) == 2 and parts[0] == "free" else None
+
+
+# ------------------------------------------------------------------- checks
+
+
+async def check_nodes(
+    nodes: list[Node], model: str | None = None, timeout: float = NODE_TIMEOUT_S
+) -> list[NodeReport]:
+    """Check every node at once; each report stands alone (never fails fast)."""
+    if model is not None:
+        modelref.parse(model)  # a malformed reference is a usage error, before any I/O
+    sem = asyncio.Semaphore(32)
+
+    async def one(node: Node) -> NodeReport:
+        report = NodeReport(node.name, node.reach)
+        async with sem:
+            t = for_node(node)
+            try:
+                async with asyncio.timeout(timeout):
+                    await _check(t, report, model)
+            except TimeoutError:
+                report.add("time", "fail", f"checks did not finish within {timeout:.0f} s",
+                           "the node is slow or a command hangs; try `rbee nodes check` for it alone")  # fmt: skip
+            except RbeeError as exc:
+                report.add("error", "fail", exc.message, exc.hint)
+            finally:
+                await t.close()
+        return report
+
+    return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+
+async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
+    n = t.node
+    if not n.local:
+        if not await _connect(t, r):
+            return
+    # Python and rbee-fabric on the node.
+    probe, installed = await asyncio.gather(
+        t.run([n.python if not n.local else await t.python(), "-c", PROBE], check=False),
+        _installed_version(t),
+    )
+    _python_check(r, n, probe.exit_status, probe.stdout, probe.stderr)
+    if installed is None:
+        r.add("rbee-fabric", "fail", "not installed", f"rbee nodes install {n.name}")
+    elif installed != __version__:
+        r.add("rbee-fabric", "fail", f"{installed} installed, keeper is {__version__}",
+              f"rbee nodes install {n.name} --upgrade")  # fmt: skip
+    else:
+        r.add("rbee-fabric", "pass", f"{installed} (same as the keeper)")
+
+    data = await t.remote_path(n.install_dir)
+    host = "127.0.0.1" if n.local or n.network == "tunnel" else _resolve(n.hostname) or n.hostname
+    py = n.python if not n.local else await t.python()
+    meminfo, df, smi, uname, ports = await asyncio.gather(
+        t.run(["cat", "/proc/meminfo"], check=False),
+        t.run(["sh", "-c", 'mkdir -p "$1" 2>/dev/null; df -Pk "$1"', "sh", f"{data}/models"], check=False),
+        t.run(NVIDIA_SMI_QUERY, check=False),
+        t.run(["uname", "-sm"], check=False),
+        t.run([py, "-c", PORT_PROBE, host, str(WORKER_PORTS[0]), str(WORKER_PORTS[1])], check=False),
+    )
+    hive_running = await _hive_checks(t, r, host)
+    if not hive_running:
+        port = await t.run([py, "-c", PORT_PROBE, host, str(n.hive_port), str(n.hive_port)], check=False)
+        if parse_port_probe(port.stdout) is None:
+            r.add("hive port", "fail", f"{host}:{n.hive_port} is taken by another program",
+                  f"free the port, or set another hive_port for {n.name} in the inventory")  # fmt: skip
+        else:
+            r.add("hive port", "pass", f"{host}:{n.hive_port} is free")
+    free_worker = parse_port_probe(ports.stdout)
+    if free_worker is None:
+        r.add("worker ports", "fail", f"no free port in {WORKER_PORTS[0]}-{WORKER_PORTS[1]}",
+              "stop what holds those ports")  # fmt: skip
+    else:
+        r.add("worker ports", "pass", f"{WORKER_PORTS[0]}-{WORKER_PORTS[1]} has free ports")
+
+    disk = parse_df(df.stdout)
+    if disk is None:
+        r.add("disk", "warn", f"could not read free space of {data}/models")
+    elif disk < MIN_DISK_MB:
+        r.add("disk", "fail", f"{disk} MB free in {data}/models", "free some space, or rbee models rm")
+    else:
+        r.add("disk", "pass", f"{disk / 1024:.1f} GB free in {data}/models")
+
+    ram = parse_meminfo(meminfo.stdout)[1] if meminfo.exit_status == 0 else None
+    r.add("ram", "pass" if ram else "warn", f"{ram} MB available" if ram else "unknown (no /proc/meminfo)")
+    gpus = parse_nvidia_smi(smi.stdout) if smi.exit_status == 0 else []
+    backends = ["cpu"] + (["cuda"] if gpus else [])
+    if uname.stdout.split() == ["Darwin", "arm64"]:
+        backends.append("metal")
+    detail = ", ".join(backends)
+    if gpus:
+        detail += "; " + ", ".join(f"cuda:{g.index} {g.name} {g.free_mb} MB free" for g in gpus)
+    built = await _llama_backend(t) if installed else None
+    if built:
+        detail += f"; llama-cpp-python built for {built}"
+    status: Status = "pass"
+    fix = None
+    if built and built != "cpu" and built not in backends:
+        status, fix = "warn", f"llama-cpp-python was built for {built}, which this node lacks"
+    elif built == "cpu" and len(backends) > 1:
+        status, fix = "warn", "GPU present but llama-cpp-python is a CPU build: reinstall it with GPU support"
+    r.add("backends", status, detail, fix)
+
+    if model is not None:
+        await _model_check(t, r, model, ram, gpus, built)
+
+
+async def _connect(t: Transport, r: NodeReport) -> bool:
+    n = t.node
+    if (addr := _resolve(n.hostname)) is None:
+        r.add("name", "fail", f"{n.hostname} does not resolve",
+              f"set hostname = \"IP\" for {n.name} in the inventory, or fix DNS")  # fmt: skip
+        return False
+    r.add("name", "pass", f"{n.hostname} -> {addr}")
+    connect = getattr(t, "connection", None)
+    assert connect is not None
+    try:
+        await connect()
+    except HostKeyUnknown as exc:
+        r.add("ssh", "pass", "reachable")
+        r.add("host key", "fail", exc.message, exc.hint)
+        return False
+    except HostKeyChanged as exc:
+        r.add("ssh", "pass", "reachable")
+        r.add("host key", "fail", exc.message, exc.hint)
+        return False
+    except SshAuthFailed as exc:
+        r.add("ssh", "pass", "reachable")
+        r.add("host key", "pass", "known")
+        r.add("auth", "fail", exc.message, exc.hint)
+        return False
+    except NodeUnreachable as exc:
+        r.add("ssh", "fail", exc.message, exc.hint)
+        return False
+    r.add("ssh", "pass", "reachable")
+    r.add("host key", "pass", "known")
+    r.add("auth", "pass", "accepted")
+    return True
+
+
+def _resolve(host: str) -> str | None:
+    try:
+        return str(socket.getaddrinfo(host, None)[0][4][0])
+    except OSError:
+        return None
+
+
+def _python_check(r: NodeReport, n: Node, status: int, out: str, err: str) -> None:
+    if status != 0:
+        r.add("python", "fail", f"{n.python} does not run: {(err or out).strip()[:120]}",
+              f"install Python 3.11+ and set python = \"...\" for {n.name} in the inventory")  # fmt: skip
+        return
+    facts = parse_probe(out)
+    version = ".".join(map(str, facts.version))
+    if facts.version[:2] < MIN_PYTHON:
+        r.add("python", "fail", f"{version} (3.11+ needed)", "install Python 3.11 or newer on the node")
+    elif not facts.has_venv:
+        r.add("python", "fail", f"{version} without the venv module",
+              "sudo apt-get install python3-venv (Debian/Ubuntu)")  # fmt: skip
+    else:
+        r.add("python", "pass", f"{version} with venv")
+
+
+async def _installed_version(t: Transport) -> str | None:
+    try:
+        python = await t.python()
+    except NotInstalled:
+        return None
+    out = await t.run([python, "-c", "import rbee_fabric; print(rbee_fabric.__version__)"], check=False)
+    return out.stdout.strip() if out.exit_status == 0 else None
+
+
+async def _llama_backend(t: Transport) -> str | None:
+    python = await t.python()
+    code = "from rbee_fabric.worker.engine import llama_build_backend as b; print(b())"
+    out = await t.run([python, "-c", code], check=False)
+    return out.stdout.strip() if out.exit_status == 0 else "missing"
+
+
+async def _hive_checks(t: Transport, r: NodeReport, host: str) -> bool:
+    hive = await hivectl.connect_hive(t)
+    try:
+        try:
+            health = await hive.health(timeout=3.0)
+        except Unreachable:
+            r.add("hive", "warn", "not running (the keeper starts it on demand)",
+                  f"rbee hive start {t.node.name}")  # fmt: skip
+            return False
+        if health.version != __version__:
+            r.add("hive", "fail", f"running {health.version}, keeper is {__version__}",
+                  f"rbee nodes install {t.node.name} --upgrade")  # fmt: skip
+        else:
+            r.add("hive", "pass", f"healthy, {health.version}, {host}:{t.node.hive_port}")
+        try:
+            await hive.workers()
+            r.add("api key", "pass", "accepted")
+        except InvalidApiKey as exc:
+            r.add("api key", "fail", exc.message, exc.hint)
+        except RbeeError as exc:
+            r.add("api key", "warn", exc.message)
+        return True
+    finally:
+        await hive.aclose()
+
+
+async def _model_check(
+    t: Transport, r: NodeReport, model: str, ram: int | None, gpus: list, built: str | None  # type: ignore[type-arg]
+) -> None:
+    ref = modelref.parse(model)
+    try:
+        python = await t.python()
+    except NotInstalled:
+        r.add("model", "skip", "rbee-fabric is not installed, cannot inspect models")
+        return
+    size = kv = None
+    path: str | None = None
+    if ref.kind == "file":
+        path = ref.path
+    elif ref.kind == "alias":
+        path = await _catalog_path(t, ref.canonical)
+        if path is None:
+            out = await t.run([python, "-c", ALIAS_PROBE, modelref.ALIASES[ref.raw][1]], check=False)
+            if out.exit_status != 0:
+                r.add("model", "fail", f"{model} is not installed on the node",
+                      f"reinstall with the demo extra: rbee nodes install {t.node.name} --upgrade")  # fmt: skip
+                return
+            size = json.loads(out.stdout)["size"]
+    else:
+        path = await _catalog_path(t, ref.canonical)
+        if path is None:
+            r.add("model", "warn", f"{model} is not in the catalog; it will be downloaded (size unknown)")
+            return
+    if path is not None:
+        out = await t.run([python, "-c", MODEL_PROBE, path, str(DEFAULT_CTX)], check=False)
+        info = json.loads(out.stdout or '{"error": "no answer"}')
+        if "error" in info:
+            err = ModelNotFound(f"{model}: {info['error']}")
+            r.add("model", "fail", err.message, "check the path on the node")
+            return
+        size, kv = info["size"], info["kv"]
+    assert size is not None
+    need = required_mb(size, kv if kv is not None else size // 10)
+    use_gpu = bool(gpus) and built == "cuda"
+    avail = max(g.free_mb for g in gpus) if use_gpu else ram
+    where = "VRAM" if use_gpu else "RAM"
+    if avail is None:
+        r.add("model", "warn", f"needs about {need} MB; free {where} unknown")
+    elif need > avail:
+        r.add("model", "fail", f"{model} needs {need} MB of {where}, {avail} MB available",
+              "try a smaller quantization (e.g. Q4_K_M) or free memory")  # fmt: skip
+    else:
+        r.add("model", "pass", f"{model} fits: needs {need} MB of {where}, {avail} MB available")
+
+
+async def _catalog_path(t: Transport, reference: str) -> str | None:
+    hive = await hivectl.connect_hive(t)
+    try:
+        models = (await hive.models()).models
+    except RbeeError:
+        return None
+    finally:
+        await hive.aclose()
+    return next((m.path for m in models if m.reference == reference), None)
+
+
+__all__ = ["Check", "NodeReport", "check_nodes", "parse_df", "parse_port_probe", "UsageError"]

@@ -1,0 +1,145 @@
+"""`rbee nodes check` in the lab: each problem induced for real, reported with its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RbeeHome
+from tests.lab import lab as lab_mod
+
+
+def rbee(home: RbeeHome, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rbee_fabric.cli", *args], env={**home.env, **(env or {})},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def check(home: RbeeHome, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, dict[str, dict]]]:
+    r = rbee(home, "nodes", "check", *args, "--json", env=env)
+    data = json.loads(r.stdout)
+    by_node = {n["node"]: {c["name"]: c for c in n["checks"]} for n in data["nodes"]}
+    assert data["ok"] == (r.returncode == 0)
+    return r.returncode, by_node
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every lab user can read (pytest's tmp is private to root)."""
+    d = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="rbee-check-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def installed(lab_home: RbeeHome) -> RbeeHome:
+    for node in ("labnode1", "labnode2"):
+        r = rbee(lab_home, "nodes", "install", node)
+        assert r.returncode == 0, r.stderr
+    return lab_home
+
+
+def test_healthy_nodes_pass_and_the_table_says_ready(installed: RbeeHome) -> None:
+    assert rbee(installed, "hive", "start", "labnode1").returncode == 0
+    try:
+        code, nodes = check(installed, "labnode1", "labnode2", "--model", "gemma3-270m")
+        assert code == 0
+        one = nodes["labnode1"]
+        for name in ("name", "ssh", "host key", "auth", "python", "rbee-fabric", "hive", "api key",
+                     "worker ports", "disk", "ram", "backends", "model"):
+            assert one[name]["status"] == "pass", one[name]
+        assert nodes["labnode2"]["hive"]["status"] == "warn"  # not running: started on demand
+        assert "fits" in one["model"]["detail"]
+        table = rbee(installed, "nodes", "check", "labnode1")
+        assert table.returncode == 0 and "labnode1: ready" in table.stdout
+    finally:
+        rbee(installed, "hive", "stop", "labnode1")
+
+
+def test_not_installed_and_model_too_big(installed: RbeeHome, shared_dir: Path, tiny_model: Path) -> None:
+    huge = shared_dir / "huge.gguf"
+    huge.write_bytes(tiny_model.read_bytes())
+    os.truncate(huge, 400 * 2**30)
+    huge.chmod(0o644)
+    code, nodes = check(installed, "labnode1", "labnode3", "--model", f"file:{huge}")
+    assert code == 1
+    assert nodes["labnode3"]["rbee-fabric"]["status"] == "fail"
+    assert nodes["labnode3"]["rbee-fabric"]["fix"] == "rbee nodes install labnode3"
+    big = nodes["labnode1"]["model"]
+    assert big["status"] == "fail" and "MB of RAM" in big["detail"] and "smaller quantization" in big["fix"]
+
+
+def test_version_mismatch_is_found(installed: RbeeHome) -> None:
+    init = Path("/home/rbeelab2/.local/share/rbee/venv/lib/python3.11/site-packages/rbee_fabric/__init__.py")
+    original = init.read_text()
+    init.write_text(original.replace('__version__ = "0.1.0"', '__version__ = "0.0.1"'))
+    try:
+        code, nodes = check(installed, "labnode2")
+        assert code == 1
+        c = nodes["labnode2"]["rbee-fabric"]
+        assert c["status"] == "fail" and "0.0.1" in c["detail"]
+        assert c["fix"] == "rbee nodes install labnode2 --upgrade"
+    finally:
+        init.write_text(original)
+
+
+def test_wrong_api_key_and_hive_port_taken(installed: RbeeHome) -> None:
+    assert rbee(installed, "hive", "start", "labnode1").returncode == 0
+    key = Path("/home/rbeelab1/.config/rbee/api_key")
+    original = key.read_text()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 9202))  # labnode2's hive port, held by another program
+    squatter.listen(1)
+    try:
+        key.write_text("rotated\n")  # the running hive still has the old key
+        code, nodes = check(installed, "labnode1", "labnode2")
+        assert code == 1
+        c = nodes["labnode1"]["api key"]
+        assert c["status"] == "fail" and "labnode1:~/.config/rbee/api_key" in c["fix"]
+        port = nodes["labnode2"]["hive port"]
+        assert port["status"] == "fail" and "taken by another program" in port["detail"]
+        assert "hive_port" in port["fix"]
+    finally:
+        squatter.close()
+        key.write_text(original)
+        rbee(installed, "hive", "stop", "labnode1")
+
+
+def test_ssh_failures_each_with_a_fix(lab_home: RbeeHome, tmp_path: Path, shared_dir: Path) -> None:
+    # labnode6: sshd stopped; labnode4: unknown host key; labnode5: python without venv.
+    novenv = shared_dir / "novenv"
+    novenv.mkdir()
+    (novenv / "venv.py").write_text("raise ImportError('venv removed for this test')\n")
+    python = shared_dir / "python3-novenv"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={novenv} exec /usr/bin/python3 "$@"\n')
+    python.chmod(0o755)
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(Path(lab_home.env["RBEE_INVENTORY"]).read_text().replace(
+        '[nodes.labnode5]\nhostname = "127.0.0.6"\nuser = "rbeelab5"\nssh_port = 2222\nhive_port = 9205\npython = "/usr/bin/python3"',
+        f'[nodes.labnode5]\nhostname = "127.0.0.6"\nuser = "rbeelab5"\nssh_port = 2222\nhive_port = 9205\npython = "{python}"'))  # fmt: skip
+    known = tmp_path / "known_hosts"
+    lines = [line for line in (lab_mod.DEFAULT_DIR / "known_hosts").read_text().splitlines() if "127.0.0.5" not in line]
+    known.write_text("\n".join(lines) + "\n")
+    cfg = lab_mod.write_ssh_config(lab_mod.DEFAULT_DIR, tmp_path / "ssh_config", known)
+    env = {"RBEE_INVENTORY": str(inv), "RBEE_SSH_CONFIG": str(cfg)}
+    lab_mod.stop_sshd("labnode6")
+    try:
+        code, nodes = check(lab_home, "labnode4", "labnode5", "labnode6", env=env)
+    finally:
+        lab_mod.start_sshd(lab_mod.node(6))
+    assert code == 1
+    assert nodes["labnode6"]["ssh"]["status"] == "fail" and "connection refused" in nodes["labnode6"]["ssh"]["detail"]
+    assert "sshd" in nodes["labnode6"]["ssh"]["fix"]
+    hk = nodes["labnode4"]["host key"]
+    assert hk["status"] == "fail" and "SHA256:" in hk["detail"] and "rbee nodes trust labnode4" in hk["fix"]
+    py = nodes["labnode5"]["python"]
+    assert py["status"] == "fail" and "venv" in py["detail"] and "python3-venv" in py["fix"]
