@@ -159,7 +159,7 @@ def check_fit(required: int, backend: str, device: int, res: Resources, model: s
 
 def llama_backend_probe(python: str | None = None) -> str:
     """Ask a fresh interpreter which backend llama-cpp-python was built with."""
-    code = "from rbee_fabric.worker.engine import llama_build_backend as b; print(b())"
+    code = "from rbee_fabric.llamabuild import llama_build_backend as b; print(b())"
     try:
         out = subprocess.run(
             [python or _python(), "-c", code], capture_output=True, text=True, timeout=60

@@ -90,6 +90,7 @@ def nodes_check(
 def nodes_install(
     node: NodeArg,
     upgrade: Annotated[bool, typer.Option("--upgrade", help="replace another installed version")] = False,
+    force: Annotated[bool, typer.Option("--force", help="rebuild and reinstall even the same version (development)")] = False,
 ) -> None:
     """Install the keeper's version of rbee-fabric on NODE (no internet needed there)."""
     from rbee_fabric.cli.ui import TerminalReporter, err
@@ -104,7 +105,7 @@ def nodes_install(
             if not isinstance(t, SshTransport):
                 return None
             try:
-                return await install(t, reporter, upgrade=upgrade)
+                return await install(t, reporter, upgrade=upgrade, force=force)
             finally:
                 reporter.close_bar()
 

@@ -84,13 +84,17 @@ def source_dir() -> Path:
     )
 
 
-def wheelhouse(full: bool, notes: Progress) -> Path:
+def wheelhouse(full: bool, notes: Progress, rebuild: bool = False) -> Path:
     """Collect (once) the wheels a node needs; returns the directory."""
     tag = f"{sys.version_info[0]}{sys.version_info[1]}-{platform.system()}-{platform.machine()}"
     kind = "full" if full else "own"
     base = Path(os.environ.get("RBEE_WHEELHOUSE_DIR") or paths.data_dir() / "wheelhouse")
     out = base / f"{__version__}-{kind}-{tag}"
     done = out / ".complete"
+    if rebuild:
+        for old in out.glob("rbee_fabric-*.whl"):
+            old.unlink()  # rebuilt from the current source
+        done.unlink(missing_ok=True)
     if done.exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -152,24 +156,26 @@ async def check_python(t: SshTransport) -> PythonFacts:
     return facts
 
 
-async def install(t: SshTransport, notes: Progress, *, upgrade: bool = False) -> InstallReport:
-    """Install (or upgrade) rbee-fabric on a node; idempotent."""
+async def install(
+    t: SshTransport, notes: Progress, *, upgrade: bool = False, force: bool = False
+) -> InstallReport:
+    """Install (or upgrade) rbee-fabric on a node; idempotent unless force."""
     started = time.monotonic()
     n = t.node
     facts = await check_python(t)
     current = await installed_version(t)
-    if current == __version__:
+    if current == __version__ and not force:
         await _ensure_key(t)
         return InstallReport(n.name, False, __version__, time.monotonic() - started,
                              f"rbee-fabric {__version__} is already installed on {n.name}; nothing to change")  # fmt: skip
-    if current is not None and not upgrade:
+    if current is not None and current != __version__ and not upgrade:
         raise UsageError(
             f"rbee-fabric {current} is installed on {n.name}; the keeper is {__version__}",
             hint=f"upgrade it with: rbee nodes install {n.name} --upgrade",
             details={"node": n.name, "installed": current},
         )
     if current is not None and await t.hive_pid() is not None:
-        notes.info(f"stopping the {current} hive on {n.name} before upgrading")
+        notes.info(f"stopping the {current} hive on {n.name} before replacing it")
         await hivectl.stop(t)
 
     same_platform = (
@@ -177,7 +183,7 @@ async def install(t: SshTransport, notes: Progress, *, upgrade: bool = False) ->
         and facts.system == platform.system()
         and facts.machine == platform.machine()
     )
-    house = await asyncio.to_thread(wheelhouse, same_platform, notes)
+    house = await asyncio.to_thread(wheelhouse, same_platform, notes, force)
     data = await t.remote_path(n.install_dir)
     remote_wheels = f"{data}/wheels"
     await t.run(["mkdir", "-p", remote_wheels])
@@ -188,6 +194,9 @@ async def install(t: SshTransport, notes: Progress, *, upgrade: bool = False) ->
     await t.run([n.python, "-m", "venv", venv])
     pip = [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     spec = f"rbee-fabric[demo]=={__version__}" if same_platform else f"rbee-fabric=={__version__}"
+    if force:
+        pip += ["--force-reinstall", "--no-deps"]
+        spec = f"rbee-fabric=={__version__}"
     if same_platform:
         pip += ["--no-index", "--find-links", remote_wheels, spec]
     else:

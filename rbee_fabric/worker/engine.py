@@ -124,20 +124,6 @@ def _progress_callback(progress: ProgressFn) -> Iterator[None]:
         low.llama_model_default_params = original
 
 
-def llama_build_backend() -> str:
-    """The GPU backend llama-cpp-python was built with: cuda, metal, vulkan or cpu."""
-    import llama_cpp
-
-    if not llama_cpp.llama_supports_gpu_offload():
-        return "cpu"
-    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    names = " ".join(os.listdir(lib_dir)) if os.path.isdir(lib_dir) else ""
-    for backend in ("cuda", "metal", "vulkan", "hip", "sycl"):
-        if backend in names.lower():
-            return backend
-    return "gpu"
-
-
 class ScriptedEngine:
     """A deterministic engine for orchestration tests: no model, scripted tokens.
 

@@ -1,7 +1,7 @@
 """Remote facts are a command plus a pure parser: the parsers, from captured output."""
 
 from rbee_fabric.keeper.bootstrap import parse_ls_sizes, parse_probe
-from rbee_fabric.keeper.preflight import parse_df, parse_port_probe
+from rbee_fabric.keeper.preflight import parse_df, parse_node_probe, parse_shell_facts
 from rbee_fabric.keeper.ssh import parse_ps
 
 DF = """Filesystem     1024-blocks      Used Available Capacity Mounted on
@@ -28,10 +28,20 @@ def test_parse_df() -> None:
     assert parse_df("df: /nope: No such file or directory\n") is None
 
 
-def test_parse_port_probe() -> None:
-    assert parse_port_probe("free 9301\n") == 9301
-    assert parse_port_probe("taken\n") is None
-    assert parse_port_probe("") is None
+SHELL = "MemTotal: 100 kB\nMemAvailable: 50 kB\n@@\n" + DF + "@@\n@@\nLinux x86_64\n"
+
+
+def test_parse_shell_facts() -> None:
+    meminfo, df, smi, uname = parse_shell_facts(SHELL)
+    assert "MemAvailable" in meminfo and parse_df(df) == 226429868 // 1024
+    assert smi == "" and uname == "Linux x86_64"
+    assert parse_shell_facts("") == ("", "", "", "")
+
+
+def test_parse_node_probe() -> None:
+    out = parse_node_probe('{"hive_port_free": false, "worker_port": 9300, "version": "0.1.0"}\n')
+    assert out["hive_port_free"] is False and out["worker_port"] == 9300
+    assert parse_node_probe("Traceback (most recent call last):\n") == {}
 
 
 def test_parse_python_probe() -> None:
