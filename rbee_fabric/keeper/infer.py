@@ -116,7 +116,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
         # Step 6: register.
         rec = WorkerRecord(
             id=info.id, node=t.node.name, model_ref=ref, backend=info.backend,
-            url=info.url, pid=info.pid, state="loading",
+            device=info.device, url=info.url, pid=info.pid, state="loading",
             last_health_at=time.time(), created_at=time.time(),
         )  # fmt: skip
         registry.add(rec)
@@ -136,7 +136,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
 
 
 async def _registry_hit(run: _Run) -> WorkerRecord | None:
-    for rec in run.registry.candidates(run.t.node.name, run.ref, run.opts.backend):
+    for rec in run.registry.candidates(run.t.node.name, run.ref, run.opts.backend, run.opts.device):
         worker = WorkerClient(await run.t.reach(rec.url), await run.t.api_key(),
                               run.t.node.name, run.t.key_location())  # fmt: skip
         try:

@@ -17,6 +17,7 @@ class WorkerRecord:
     node: str
     model_ref: str
     backend: str
+    device: int
     url: str
     pid: int
     state: str
@@ -33,22 +34,30 @@ class Registry:
             [
                 f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
                     id TEXT PRIMARY KEY, node TEXT NOT NULL, model_ref TEXT NOT NULL,
-                    backend TEXT NOT NULL, url TEXT NOT NULL, pid INTEGER NOT NULL,
+                    backend TEXT NOT NULL, device INTEGER NOT NULL DEFAULT 0,
+                    url TEXT NOT NULL, pid INTEGER NOT NULL,
                     state TEXT NOT NULL, last_health_at REAL NOT NULL, created_at REAL NOT NULL)""",
                 f"CREATE INDEX IF NOT EXISTS idx_{_TABLE}_node_model ON {_TABLE} (node, model_ref)",
             ],
         )
 
+        columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({_TABLE})").fetchall()}
+        if "device" not in columns:  # registries written before workers were matched by GPU
+            self._db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN device INTEGER NOT NULL DEFAULT 0")
+
     def close(self) -> None:
         self._db.close()
 
-    def candidates(self, node: str, model_ref: str, backend: str) -> list[WorkerRecord]:
-        """Workers on node for model, most recently healthy first."""
+    def candidates(self, node: str, model_ref: str, backend: str, device: int) -> list[WorkerRecord]:
+        """Workers on node for model (and backend and GPU), most recently healthy first."""
         where = "node = ? AND model_ref = ?"
         args: list[object] = [node, model_ref]
         if backend != "auto":
             where += " AND backend = ?"
             args.append(backend)
+        if backend != "cpu":
+            where += " AND (backend = 'cpu' OR device = ?)" if backend == "auto" else " AND device = ?"
+            args.append(device)
         rows = self._db[_TABLE].rows_where(where, args, order_by="last_health_at desc")
         return [WorkerRecord(**r) for r in rows]
 
