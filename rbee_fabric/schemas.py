@@ -87,6 +87,7 @@ class DownloadProgress(Message):
     bytes_done: int = 0
     bytes_total: int | None = None
     bytes_per_second: float | None = None
+    resumed_from: int = 0
     model: ModelInfo | None = None
     error: ErrorBody | None = None
 

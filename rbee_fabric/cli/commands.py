@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Annotated, Any
@@ -429,12 +430,13 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
                 if started.model is not None:
                     return started.model, False
                 assert started.download_id is not None
-                async for p in hive.download_progress(started.download_id):
-                    reporter.download(p)
-                    if p.stage == "failed" and p.error:
-                        raise from_envelope({"error": p.error.model_dump()})
-                    if p.stage == "done" and p.model:
-                        return p.model, True
+                async with contextlib.aclosing(hive.download_progress(started.download_id)) as events:
+                    async for p in events:
+                        reporter.download(p)
+                        if p.stage == "failed" and p.error:
+                            raise from_envelope({"error": p.error.model_dump()})
+                        if p.stage == "done" and p.model:
+                            return p.model, True
             finally:
                 reporter.close_bar()
                 await hive.aclose()

@@ -69,14 +69,17 @@ class TerminalReporter:
         err.print(f"[yellow]attempt {n}/{total}[/yellow] {address}: {error}")
 
     def download(self, p: DownloadProgress) -> None:
-        if p.stage == "resolving":
-            return
         name = p.filename or "model"
-        bar = self._bar("download", f"fetching {name}", p.bytes_total)
-        assert self._task is not None
-        bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
-        if p.stage in ("done", "failed"):
-            self.close_bar()
+        if p.stage == "downloading":
+            if p.resumed_from and self._kind != "download":
+                err.print(f"[dim]resuming {name} at {p.resumed_from / 2**20:.1f} MB[/dim]")
+            bar = self._bar("download", f"fetching {name}", p.bytes_total)
+            assert self._task is not None
+            bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
+            return
+        self.close_bar()
+        if p.stage == "verifying":
+            err.print(f"[dim]verifying {name} (sha256)[/dim]")
 
     def transfer(self, name: str, done: int, total: int) -> None:
         bar = self._bar("download", f"copying {name}", total)

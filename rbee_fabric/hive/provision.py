@@ -80,14 +80,7 @@ class Provisioner:
             return DownloadStarted(model=await asyncio.to_thread(self._register_file, ref))
         if (running := self._by_ref.get(ref.canonical)) is not None:
             return self._started(running)
-        if ref.kind == "alias":
-            work = self._assemble_alias
-        else:
-            raise ModelNotFound(
-                f"cannot fetch {reference!r}: Hugging Face downloads are not available yet",
-                hint="use gemma3-270m or file:/abs/path.gguf",
-                details={"reference": reference},
-            )
+        work = self._assemble_alias if ref.kind == "alias" else self._download_hf
         job = Job(
             id=uuid.uuid4().hex[:12],
             reference=ref.canonical,
@@ -197,6 +190,45 @@ class Provisioner:
         info = await asyncio.to_thread(
             self.catalog.register, ref.canonical, target, pkg.EXPECTED_SHA256
         )
+        await job.update(stage="done", model=info)
+
+
+    # ------------------------------------------------------------- hf: refs
+
+    async def _download_hf(self, job: Job, ref: modelref.ModelRef) -> AsyncIterator[None]:
+        from rbee_fabric.hive import hub
+
+        f = await asyncio.to_thread(hub.resolve, ref)
+        target_dir = self.models_dir / "hf" / f.repo
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / Path(f.filename).name
+        part = target.with_name(target.name + PART_SUFFIX)
+        have = part.stat().st_size if part.exists() else 0
+        check_disk(target_dir, max(f.size - have, 0))
+        await job.update(stage="downloading", filename=f.filename, bytes_total=f.size,
+                         bytes_done=have, resumed_from=have)  # fmt: skip
+
+        async def progress(done: int, total: int, rate: float) -> None:
+            await job.update(bytes_done=done, bytes_total=total or None, bytes_per_second=rate)
+
+        await hub.fetch(f, part, progress)
+        yield None
+        await job.update(stage="verifying")
+        digest = await asyncio.to_thread(hub.sha256_of, part)
+        if f.sha256 and digest != f.sha256:
+            part.unlink(missing_ok=True)  # never keep, never register a corrupt file
+            raise DownloadFailed(
+                f"{f.filename} is corrupt: sha256 {digest[:12]}... but the hub says {f.sha256[:12]}...",
+                hint="the partial file was deleted; pull again to download it afresh",
+                details={"expected": f.sha256, "actual": digest},
+            )
+        try:
+            read_info(part)
+        except GGUFError as exc:
+            part.unlink(missing_ok=True)
+            raise DownloadFailed(f"{f.filename} is not a usable GGUF file: {exc}") from exc
+        os.replace(part, target)
+        info = await asyncio.to_thread(self.catalog.register, ref.canonical, target, digest)
         await job.update(stage="done", model=info)
 
 

@@ -143,9 +143,11 @@ class HiveClient(Endpoint):
         return await self.call("POST", "/v1/models/download", DownloadStarted, body)
 
     async def download_progress(self, job_id: str) -> AsyncIterator[DownloadProgress]:
-        async for event in self.stream("GET", f"/v1/models/download/{job_id}/progress"):
-            if isinstance(event, dict):
-                yield DownloadProgress.model_validate(event)
+        path = f"/v1/models/download/{job_id}/progress"
+        async with contextlib.aclosing(self.stream("GET", path)) as events:
+            async for event in events:
+                if isinstance(event, dict):
+                    yield DownloadProgress.model_validate(event)
 
     async def delete_model(self, model_id: str) -> Ack:
         return await self.call("DELETE", f"/v1/models/{model_id}", Ack)
@@ -168,9 +170,10 @@ class WorkerClient(Endpoint):
         return await self.call("GET", "/v1/ready", WorkerReady, timeout=timeout)
 
     async def loading_progress(self) -> AsyncIterator[LoadingProgress]:
-        async for event in self.stream("GET", "/v1/loading/progress"):
-            if isinstance(event, dict):
-                yield LoadingProgress.model_validate(event)
+        async with contextlib.aclosing(self.stream("GET", "/v1/loading/progress")) as events:
+            async for event in events:
+                if isinstance(event, dict):
+                    yield LoadingProgress.model_validate(event)
 
     async def cancel(self, request_id: str, timeout: float = 5.0) -> CancelAck:
         return await self.call("DELETE", f"/v1/inference/{request_id}", CancelAck, timeout=timeout)

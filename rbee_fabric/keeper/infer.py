@@ -157,12 +157,13 @@ async def _provision(run: _Run, hive: HiveClient) -> ModelInfo:
     if started.model is not None:
         return started.model
     assert started.download_id is not None
-    async for p in hive.download_progress(started.download_id):
-        run.out.download(p)
-        if p.stage == "failed" and p.error is not None:
-            raise from_envelope({"error": p.error.model_dump()})
-        if p.stage == "done" and p.model is not None:
-            return p.model
+    async with contextlib.aclosing(hive.download_progress(started.download_id)) as events:
+        async for p in events:
+            run.out.download(p)
+            if p.stage == "failed" and p.error is not None:
+                raise from_envelope({"error": p.error.model_dump()})
+            if p.stage == "done" and p.model is not None:
+                return p.model
     raise error_class("DOWNLOAD_FAILED")(
         f"the download of {run.opts.model} ended without a result",
         hint=f"see the hive log: rbee hive logs {run.t.node.name}",
@@ -181,14 +182,15 @@ async def _wait_ready(run: _Run, hive: HiveClient, info: WorkerInfo) -> None:
         nonlocal last, errors
         while True:
             try:
-                async for p in worker.loading_progress():
-                    errors = 0
-                    last = p
-                    run.out.loading(p)
-                    if p.stage == "ready":
-                        return
-                    if p.stage == "failed":
-                        raise await _start_failure(run, hive, info, p.error)
+                async with contextlib.aclosing(worker.loading_progress()) as events:
+                    async for p in events:
+                        errors = 0
+                        last = p
+                        run.out.loading(p)
+                        if p.stage == "ready":
+                            return
+                        if p.stage == "failed":
+                            raise await _start_failure(run, hive, info, p.error)
             except Unreachable:
                 errors += 1
                 # Not bound yet, or dead: the hive knows which.
@@ -256,18 +258,19 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
     try:
         for delay in (*BUSY_RETRIES_S, None):
             try:
-                async for event in worker.stream("POST", "/v1/inference", req):
-                    if not isinstance(event, dict):
-                        break  # [DONE]
-                    if "token" in event:
-                        if first is None:
-                            first = time.monotonic()
-                        pieces.append(event["token"])
-                        run.out.token(event["token"])
-                    elif event.get("done"):
-                        done = DoneEvent.model_validate(event)
-                    elif "error" in event:
-                        raise from_envelope(event)
+                async with contextlib.aclosing(worker.stream("POST", "/v1/inference", req)) as events:
+                    async for event in events:
+                        if not isinstance(event, dict):
+                            break  # [DONE]
+                        if "token" in event:
+                            if first is None:
+                                first = time.monotonic()
+                            pieces.append(event["token"])
+                            run.out.token(event["token"])
+                        elif event.get("done"):
+                            done = DoneEvent.model_validate(event)
+                        elif "error" in event:
+                            raise from_envelope(event)
                 break
             except AllSlotsBusy as exc:
                 if delay is None:
