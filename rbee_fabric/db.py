@@ -24,7 +24,7 @@ def open_db(path: Path, schema: list[str]) -> sqlite_utils.Database:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     _retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
     for statement in schema:
-        _retry(lambda s=statement: conn.execute(s))  # type: ignore[misc]
+        _retry(lambda s=statement: conn.execute(s))
     return sqlite_utils.Database(conn)
 
 
@@ -36,6 +36,6 @@ def _retry(op: object) -> None:
             op()  # type: ignore[operator]
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
@@ -47,9 +48,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     G.inventory = inventory
-    from rbee_fabric.cli.ui import debug_enabled
-
-    G.debug = debug_enabled(debug)
+    G.debug = debug or os.environ.get("RBEE_DEBUG", "") not in ("", "0")
 
 
 def _run(coro: Any) -> Any:
@@ -78,7 +77,7 @@ def infer(
     start_hive: Annotated[bool, typer.Option(help="start the hive if it is not running")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object at the end")] = False,
 ) -> None:
-    """Generate text with MODEL on NODE, streaming tokens to stdout."""  # noqa: D401
+    """Generate text with MODEL on NODE, streaming tokens to stdout."""
     from rbee_fabric.cli.ui import TerminalReporter, err
     from rbee_fabric.errors import UsageError
     from rbee_fabric.keeper.infer import InferOptions

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -10,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from rbee_fabric.cli.app import G, NodeArg, NodeOpt, _run, hive_app, models_app, nodes_app, workers_app
+from rbee_fabric.cli.app import (
+    G,
+    NodeArg,
+    NodeOpt,
+    _run,
+    hive_app,
+    models_app,
+    nodes_app,
+    workers_app,
+)
 
 # ------------------------------------------------------------------- nodes
 
@@ -135,9 +143,8 @@ def nodes_trust(
     key = _run(fetch_host_key(target))
     fingerprint = key.get_fingerprint()
     err.print(f"{node} ({target.hostname}) presents {key.get_algorithm()} key {fingerprint}")
-    if not yes:
-        if not typer.confirm("Trust this key?", err=True):
-            raise typer.Exit(1)
+    if not yes and not typer.confirm("Trust this key?", err=True):
+        raise typer.Exit(1)
 
     async def add() -> Any:
         return trust(target, key)

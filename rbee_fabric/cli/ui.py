@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -23,7 +22,9 @@ from rich.progress import (
 
 from rbee_fabric import paths
 from rbee_fabric.errors import EXIT_CANCELED, EXIT_RUNTIME, RbeeError, RequestCanceled
-from rbee_fabric.schemas import DownloadProgress, LoadingProgress
+
+if TYPE_CHECKING:
+    from rbee_fabric.schemas import DownloadProgress, LoadingProgress
 
 T = TypeVar("T")
 
@@ -137,5 +138,3 @@ def run(coro: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
         raise SystemExit(EXIT_RUNTIME) from None
 
 
-def debug_enabled(flag: bool) -> bool:
-    return flag or os.environ.get("RBEE_DEBUG", "") not in ("", "0")

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 from rbee_fabric import __version__, paths
 

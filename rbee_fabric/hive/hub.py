@@ -82,7 +82,7 @@ def resolve(ref: ModelRef) -> HubFile:
     """Ask the hub which file to fetch, its size and hash (blocking)."""
     from huggingface_hub import HfApi, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     assert ref.repo is not None
     api = HfApi()

@@ -243,4 +243,4 @@ def check_disk(directory: Path, needed_bytes: int) -> None:
         )
 
 
-__all__ = ["Provisioner", "Job", "check_disk", "sha256_file"]
+__all__ = ["Job", "Provisioner", "check_disk", "sha256_file"]

@@ -89,6 +89,7 @@ class Supervisor:
             headers={"Authorization": f"Bearer {settings.api_key}"},
         )
         self._reaper: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[bool]] = set()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -240,4 +241,6 @@ class Supervisor:
                     update={"state": ready.get("state", w.info.state), "idle_seconds": idle}
                 )
                 if idle is not None and idle > self.s.idle_timeout_s:
-                    asyncio.create_task(self.stop(wid, reason=f"idle for {idle:.0f} s"))
+                    task = asyncio.create_task(self.stop(wid, reason=f"idle for {idle:.0f} s"))
+                    self._stopping.add(task)
+                    task.add_done_callback(self._stopping.discard)

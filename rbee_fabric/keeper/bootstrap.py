@@ -235,8 +235,10 @@ async def _upload(t: SshTransport, house: Path, remote_dir: str, notes: Progress
     sent = 0
     for w in todo:
         base = sent
-        await t.put(w, f"{remote_dir}/{w.name}",
-                    lambda done, _total, base=base: notes.transfer("wheels", base + done, total))  # fmt: skip
+        def report(done: int, _total: int, base: int = base) -> None:
+            notes.transfer("wheels", base + done, total)
+
+        await t.put(w, f"{remote_dir}/{w.name}", report)
         sent += w.stat().st_size
 
 

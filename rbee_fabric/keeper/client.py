@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -109,7 +109,7 @@ class Endpoint:
 
     async def stream(
         self, method: str, path: str, body: BaseModel | None = None
-    ) -> AsyncIterator[dict[str, Any] | str]:
+    ) -> AsyncGenerator[dict[str, Any] | str, None]:
         """Yield SSE payloads; an error answer raises before the first one."""
         kwargs: dict[str, Any] = {"timeout": httpx.Timeout(None, connect=3.0)}
         if body is not None:
@@ -142,7 +142,7 @@ class HiveClient(Endpoint):
         body = DownloadRequest(reference=reference)
         return await self.call("POST", "/v1/models/download", DownloadStarted, body)
 
-    async def download_progress(self, job_id: str) -> AsyncIterator[DownloadProgress]:
+    async def download_progress(self, job_id: str) -> AsyncGenerator[DownloadProgress, None]:
         path = f"/v1/models/download/{job_id}/progress"
         async with contextlib.aclosing(self.stream("GET", path)) as events:
             async for event in events:
@@ -169,7 +169,7 @@ class WorkerClient(Endpoint):
     async def ready(self, timeout: float = 3.0) -> WorkerReady:
         return await self.call("GET", "/v1/ready", WorkerReady, timeout=timeout)
 
-    async def loading_progress(self) -> AsyncIterator[LoadingProgress]:
+    async def loading_progress(self) -> AsyncGenerator[LoadingProgress, None]:
         async with contextlib.aclosing(self.stream("GET", "/v1/loading/progress")) as events:
             async for event in events:
                 if isinstance(event, dict):

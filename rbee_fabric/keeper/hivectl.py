@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -134,10 +135,8 @@ async def stop(t: Transport) -> tuple[bool, int]:
     hive = await connect_hive(t)
     try:
         worker_pids: list[int] = []
-        try:
+        with contextlib.suppress(RbeeError):  # hive down or key refused: the pid file alone
             worker_pids = [w.pid for w in (await hive.workers()).workers]
-        except RbeeError:
-            pass  # hive down or key refused: fall back to the pid file alone
         pid = await t.hive_pid()
         if pid is None:
             leftovers = await t.alive(worker_pids)

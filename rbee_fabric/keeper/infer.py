@@ -109,9 +109,9 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
         # Steps 4 and 5: the hive's preflight, then spawn.
         out.info(f"starting a worker for {model.reference} on {t.node.name}")
         info = await hive.spawn(
-            SpawnRequest(
-                model_id=model.id, backend=opts.backend, device=opts.device, n_ctx=opts.n_ctx
-            )  # type: ignore[arg-type]
+            SpawnRequest.model_validate(
+                {"model_id": model.id, "backend": opts.backend, "device": opts.device, "n_ctx": opts.n_ctx}
+            )
         )
         # Step 6: register.
         rec = WorkerRecord(

@@ -152,7 +152,7 @@ def load(explicit: str | None = None) -> Inventory:
                 hint="node names are DNS labels: letters, digits and '-'",
                 details={"file": str(path), "key": f"nodes.{name}"},
             ) from None
-        local = entry.local or entry.hostname in LOCAL_NAMES and entry.user is None
+        local = entry.local or (entry.hostname in LOCAL_NAMES and entry.user is None)
         nodes[name] = Node(
             name=name,
             hostname=entry.hostname,

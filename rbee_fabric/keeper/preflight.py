@@ -127,7 +127,7 @@ def parse_df(text: str) -> int | None:
 
 def parse_shell_facts(text: str) -> tuple[str, str, str, str]:
     """Split SHELL_FACTS output into meminfo, df, nvidia-smi and uname parts."""
-    parts = (text.split("@@\n") + ["", "", "", ""])[:4]
+    parts = [*text.split("@@\n"), "", "", "", ""][:4]
     return parts[0], parts[1], parts[2], parts[3].strip()
 
 

@@ -114,7 +114,7 @@ class LocalTransport:
         if idle_timeout is not None:
             cmd += ["--idle-timeout", str(idle_timeout)]
         with open(paths.hive_log_file(), "ab") as log:
-            self._started = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self._started = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -202,4 +202,4 @@ def for_node(node: Node) -> Transport:
     return SshTransport(node)
 
 
-__all__ = ["Transport", "LocalTransport", "for_node", "wait_gone", "signal"]
+__all__ = ["LocalTransport", "Transport", "for_node", "signal", "wait_gone"]

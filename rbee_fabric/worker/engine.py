@@ -105,10 +105,10 @@ def _progress_callback(progress: ProgressFn) -> Iterator[None]:
     import llama_cpp
     import llama_cpp.llama as high_level
 
-    low = high_level.llama_cpp
+    low: Any = high_level.llama_cpp  # type: ignore[attr-defined]
     original = low.llama_model_default_params
 
-    @llama_cpp.llama_progress_callback
+    @llama_cpp.llama_progress_callback  # type: ignore[untyped-decorator]
     def _cb(value: float, _user: Any) -> bool:
         return bool(progress(float(value)))
 

