@@ -71,6 +71,14 @@ class DownloadRequest(Message):
     reference: str = Field(min_length=1, max_length=512)
 
 
+class RegisterRequest(Message):
+    """Register a file already on the node (pushed by the keeper) under a reference."""
+
+    reference: str = Field(min_length=1, max_length=512)
+    path: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class DownloadStarted(Message):
     """Answer to a download request: the model is there, or a job streams progress."""
 

@@ -454,6 +454,33 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
     err.print(f"{verb} {info.reference} -> {info.id} ({info.size_bytes / 2**20:.1f} MB, {info.path})")
 
 
+@models_app.command("push")
+def models_push(
+    model: Annotated[str, typer.Argument(help="a local .gguf path, or a model in this machine's catalog")],
+    node: NodeOpt,
+) -> None:
+    """Copy a model this machine has to NODE over SFTP, verify it and register it."""
+    from rbee_fabric.cli.ui import TerminalReporter, err
+    from rbee_fabric.errors import UsageError
+    from rbee_fabric.keeper.push import push
+    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.ssh import SshTransport
+
+    reporter = TerminalReporter()
+
+    async def main() -> Any:
+        async with node_transport(node, G.inventory) as t:
+            if not isinstance(t, SshTransport):
+                raise UsageError(f"{node} is this machine: nothing to push", hint="use rbee models pull")
+            try:
+                return await push(t, model, reporter)
+            finally:
+                reporter.close_bar()
+
+    info = _run(main())
+    err.print(f"pushed and verified: {info.reference} -> {info.id} on {node}; use it with --model {info.reference}")
+
+
 @models_app.command("rm")
 def models_rm(model_id: Annotated[str, typer.Argument(help="model id (see `rbee models list`)")], node: NodeOpt = "localhost") -> None:
     """Remove a model from NODE's catalog (and its file, if rbee downloaded it)."""

@@ -25,7 +25,9 @@ from rbee_fabric.schemas import (
     DownloadRequest,
     DownloadStarted,
     HiveHealth,
+    ModelInfo,
     ModelList,
+    RegisterRequest,
     Resources,
     SpawnRequest,
     WorkerInfo,
@@ -125,6 +127,12 @@ def create_app(settings: HiveSettings) -> FastAPI:
     @app.post("/v1/models/download", response_model=DownloadStarted)
     async def download(req: DownloadRequest) -> DownloadStarted:
         return await hive().provisioner.ensure(req.reference)
+
+    @app.post("/v1/models/register", response_model=ModelInfo)
+    async def register(req: RegisterRequest) -> ModelInfo:
+        return await asyncio.to_thread(
+            hive().provisioner.register_pushed, req.reference, Path(req.path), req.sha256
+        )
 
     @app.get("/v1/models/download/{job_id}/progress")
     async def download_progress(job_id: str) -> StreamingResponse:

@@ -128,6 +128,30 @@ class Provisioner:
         finally:
             self._by_ref.pop(job.reference, None)
 
+    def register_pushed(self, reference: str, path: Path, sha256: str) -> ModelInfo:
+        """A file the keeper copied here: verify its hash, then enter it in the catalog."""
+        ref = modelref.parse(reference)
+        inside = path.resolve().is_relative_to(self.models_dir.resolve())
+        if not inside or not path.is_file():
+            raise UsageError(
+                f"{path} is not a file in this node's model directory",
+                details={"field": "path"},
+            )
+        digest = sha256_file(path)
+        if digest != sha256:
+            path.unlink(missing_ok=True)
+            raise DownloadFailed(
+                f"the pushed copy of {reference} is corrupt (sha256 {digest[:12]}...)",
+                hint="push it again",
+                details={"expected": sha256, "actual": digest},
+            )
+        try:
+            read_info(path)
+        except GGUFError as exc:
+            path.unlink(missing_ok=True)
+            raise UsageError(f"{path.name} is not a usable GGUF file: {exc}") from exc
+        return self.catalog.register(ref.canonical, path, digest)
+
     # ------------------------------------------------------------ file: refs
 
     def _register_file(self, ref: modelref.ModelRef) -> ModelInfo:

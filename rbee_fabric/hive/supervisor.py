@@ -69,6 +69,8 @@ def free_port(host: str, lo: int, hi: int) -> int:
     random.shuffle(candidates)
     for port in [*candidates, 0]:
         with socket.socket(family, socket.SOCK_STREAM) as s:
+            # As the worker will bind: TIME_WAIT leftovers do not make a port busy.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:

@@ -19,7 +19,9 @@ from rbee_fabric.schemas import (
     DownloadStarted,
     HiveHealth,
     LoadingProgress,
+    ModelInfo,
     ModelList,
+    RegisterRequest,
     Resources,
     SpawnRequest,
     WorkerInfo,
@@ -148,6 +150,9 @@ class HiveClient(Endpoint):
             async for event in events:
                 if isinstance(event, dict):
                     yield DownloadProgress.model_validate(event)
+
+    async def register_model(self, req: RegisterRequest) -> ModelInfo:
+        return await self.call("POST", "/v1/models/register", ModelInfo, req, timeout=600.0)
 
     async def delete_model(self, model_id: str) -> Ack:
         return await self.call("DELETE", f"/v1/models/{model_id}", Ack)

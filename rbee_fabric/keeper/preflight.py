@@ -43,6 +43,7 @@ NODE_PROBE = (
     "host, hive_port, lo, hi, model, ctx = sys.argv[1:7]\n"
     "def free(p):\n"
     "    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)\n"
+    "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons bind\n"
     "    try:\n"
     "        s.bind((host, p)); return True\n"
     "    except OSError:\n"

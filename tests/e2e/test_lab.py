@@ -147,3 +147,19 @@ def test_wrong_user_is_an_auth_error_with_a_hint(lab_home: RbeeHome, tmp_path: P
     assert r.returncode == 1
     assert "SSH_AUTH_FAILED" in r.stderr and "'rbeelab2'" in r.stderr
     assert "authorized_keys" in r.stderr
+
+
+def test_models_push_to_a_node_without_internet(installed: RbeeHome, tiny_model: Path) -> None:
+    r = rbee(installed, "models", "push", "--node", "labnode2", str(tiny_model))
+    assert r.returncode == 0, r.stderr
+    assert "pushed and verified" in r.stderr
+    pushed = Path("/home/rbeelab2/.local/share/rbee/models/pushed") / tiny_model.name
+    assert pushed.read_bytes() == tiny_model.read_bytes()
+    assert not pushed.with_name(pushed.name + ".part").exists()
+    models = json.loads(rbee(installed, "models", "list", "--node", "labnode2", "--json").stdout)
+    assert f"file:{pushed}" in [m["reference"] for m in models]
+    out = rbee(installed, "infer", "--node", "labnode2", "--model", f"file:{pushed}", "--prompt", "x",
+               "--max-tokens", "3", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rbee(installed, "hive", "stop", "labnode2")
+    assert nothing_runs_as("rbeelab2")

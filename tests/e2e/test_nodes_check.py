@@ -97,6 +97,7 @@ def test_wrong_api_key_and_hive_port_taken(installed: RbeeHome) -> None:
     key = Path("/home/rbeelab1/.config/rbee/api_key")
     original = key.read_text()
     squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
     squatter.bind(("127.0.0.1", 9202))  # labnode2's hive port, held by another program
     squatter.listen(1)
     try:
