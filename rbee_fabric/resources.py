@@ -6,7 +6,6 @@ parsers are tested from captured output.
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import subprocess
@@ -157,19 +156,8 @@ def check_fit(required: int, backend: str, device: int, res: Resources, model: s
         )
 
 
-def llama_backend_probe(python: str | None = None) -> str:
-    """Ask a fresh interpreter which backend llama-cpp-python was built with."""
-    code = "from rbee_fabric.llamabuild import llama_build_backend as b; print(b())"
-    try:
-        out = subprocess.run(
-            [python or _python(), "-c", code], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "missing"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "missing"
+def llama_backend_probe() -> str:
+    """The backend llama-cpp-python was built with (read from its files, not imported)."""
+    from rbee_fabric.llamabuild import llama_build_backend
 
-
-def _python() -> str:
-    import sys
-
-    return os.environ.get("RBEE_PYTHON", sys.executable)
+    return llama_build_backend()
