@@ -163,3 +163,24 @@ def test_models_push_to_a_node_without_internet(installed: RbeeHome, tiny_model:
     assert out.returncode == 0, out.stderr
     rbee(installed, "hive", "stop", "labnode2")
     assert nothing_runs_as("rbeelab2")
+
+
+def test_direct_network_binds_the_node_address_and_requires_the_key(lab_home: RbeeHome, tmp_path: Path) -> None:
+    import httpx
+
+    inv = tmp_path / "direct.toml"
+    inv.write_text('[nodes.labnode7]\nhostname = "127.0.0.8"\nuser = "rbeelab7"\nssh_port = 2222\n'
+                   'hive_port = 9207\nnetwork = "direct"\n')  # fmt: skip
+    env = {"RBEE_INVENTORY": str(inv)}
+    assert rbee(lab_home, "nodes", "install", "labnode7", env=env).returncode == 0
+    try:
+        r = rbee(lab_home, "infer", "--node", "labnode7", "--model", "gemma3-270m", "--prompt", "Bees",
+                 "--max-tokens", "4", "--json", env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        workers = json.loads(rbee(lab_home, "workers", "list", "--node", "labnode7", "--json", env=env).stdout)
+        assert workers and workers[0]["url"].startswith("http://127.0.0.8:")  # not 127.0.0.1
+        assert httpx.get("http://127.0.0.8:9207/v1/health").status_code == 200
+        assert httpx.get("http://127.0.0.8:9207/v1/workers").status_code == 401  # no key, no entry
+    finally:
+        rbee(lab_home, "hive", "stop", "labnode7", env=env)
+    assert nothing_runs_as("rbeelab7")
