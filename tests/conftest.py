@@ -40,11 +40,13 @@ class RbeeHome:
         )
         return port
 
-    def run(self, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run `rbee ARGS` as a user would, in this home."""
+    def run(
+        self, *args: str, input: str | None = None, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `rbee ARGS` as a user would, in this home (env adds variables)."""
         return subprocess.run(
             [sys.executable, "-m", "rbee_fabric.cli", *args],
-            env=self.env, capture_output=True, text=True, input=input, timeout=timeout,
+            env={**self.env, **(env or {})}, capture_output=True, text=True, input=input, timeout=timeout,
         )
 
 
@@ -166,3 +168,12 @@ def lab_home(rbee_home: RbeeHome, lab: dict[str, str]) -> RbeeHome:
     """An rbee home whose keeper sees the lab inventory and SSH config."""
     rbee_home.env.update(lab)
     return rbee_home
+
+
+@pytest.fixture
+def installed(lab_home: RbeeHome) -> RbeeHome:
+    """The lab home, with rbee-fabric installed on labnode1 and labnode2."""
+    for node in ("labnode1", "labnode2"):
+        r = lab_home.run("nodes", "install", node)
+        assert r.returncode == 0, r.stderr
+    return lab_home

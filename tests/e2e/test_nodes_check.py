@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +16,8 @@ from tests.conftest import RbeeHome
 from tests.lab import lab as lab_mod
 
 
-def rbee(home: RbeeHome, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rbee_fabric.cli", *args], env={**home.env, **(env or {})},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-
-
 def check(home: RbeeHome, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, dict[str, dict]]]:
-    r = rbee(home, "nodes", "check", *args, "--json", env=env)
+    r = home.run("nodes", "check", *args, "--json", env=env)
     data = json.loads(r.stdout)
     by_node = {n["node"]: {c["name"]: c for c in n["checks"]} for n in data["nodes"]}
     assert data["ok"] == (r.returncode == 0)
@@ -40,16 +33,10 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(d)
 
 
-@pytest.fixture
-def installed(lab_home: RbeeHome) -> RbeeHome:
-    for node in ("labnode1", "labnode2"):
-        r = rbee(lab_home, "nodes", "install", node)
-        assert r.returncode == 0, r.stderr
-    return lab_home
 
 
 def test_healthy_nodes_pass_and_the_table_says_ready(installed: RbeeHome) -> None:
-    assert rbee(installed, "hive", "start", "labnode1").returncode == 0
+    assert installed.run("hive", "start", "labnode1").returncode == 0
     try:
         code, nodes = check(installed, "labnode1", "labnode2", "--model", "gemma3-270m")
         assert code == 0
@@ -59,10 +46,10 @@ def test_healthy_nodes_pass_and_the_table_says_ready(installed: RbeeHome) -> Non
             assert one[name]["status"] == "pass", one[name]
         assert nodes["labnode2"]["hive"]["status"] == "warn"  # not running: started on demand
         assert "fits" in one["model"]["detail"]
-        table = rbee(installed, "nodes", "check", "labnode1")
+        table = installed.run("nodes", "check", "labnode1")
         assert table.returncode == 0 and "labnode1: ready" in table.stdout
     finally:
-        rbee(installed, "hive", "stop", "labnode1")
+        installed.run("hive", "stop", "labnode1")
 
 
 def test_not_installed_and_model_too_big(installed: RbeeHome, shared_dir: Path, tiny_model: Path) -> None:
@@ -93,7 +80,7 @@ def test_version_mismatch_is_found(installed: RbeeHome) -> None:
 
 
 def test_wrong_api_key_and_hive_port_taken(installed: RbeeHome) -> None:
-    assert rbee(installed, "hive", "start", "labnode1").returncode == 0
+    assert installed.run("hive", "start", "labnode1").returncode == 0
     key = Path("/home/rbeelab1/.config/rbee/api_key")
     original = key.read_text()
     squatter = socket.socket()
@@ -112,7 +99,7 @@ def test_wrong_api_key_and_hive_port_taken(installed: RbeeHome) -> None:
     finally:
         squatter.close()
         key.write_text(original)
-        rbee(installed, "hive", "stop", "labnode1")
+        installed.run("hive", "stop", "labnode1")
 
 
 def test_ssh_failures_each_with_a_fix(lab_home: RbeeHome, tmp_path: Path, shared_dir: Path) -> None:

@@ -45,13 +45,10 @@ def home(rbee_home: RbeeHome, hub: Hub) -> Iterator[RbeeHome]:
                    capture_output=True, timeout=60)  # fmt: skip
 
 
-def rbee(home: RbeeHome, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rbee_fabric.cli", *args], env=home.env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def catalog(home: RbeeHome) -> list[dict]:
-    return json.loads(rbee(home, "models", "list", "--json").stdout)
+    return json.loads(home.run("models", "list", "--json").stdout)
 
 
 def model_files(home: RbeeHome) -> list[str]:
@@ -62,7 +59,7 @@ def model_files(home: RbeeHome) -> list[str]:
 def test_pull_picks_q4_k_m_survives_a_reset_and_infer_runs(home: RbeeHome, hub: Hub, big_model: Path, tiny_model: Path) -> None:
     f = hub.add("org/tiny-GGUF", "tiny.Q4_K_M.gguf", big_model, reset_at=3 * MB)
     hub.add("org/tiny-GGUF", "tiny.Q8_0.gguf", tiny_model)
-    r = rbee(home, "models", "pull", "hf:org/tiny-GGUF")
+    r = home.run("models", "pull", "hf:org/tiny-GGUF")
     assert r.returncode == 0, r.stderr
     assert "fetching tiny.Q4_K_M.gguf" in r.stderr  # the choice is shown
     assert "verifying" in r.stderr
@@ -74,7 +71,7 @@ def test_pull_picks_q4_k_m_survives_a_reset_and_infer_runs(home: RbeeHome, hub: 
     assert entry["reference"] == "hf:org/tiny-GGUF" and entry["sha256"] == f.sha256
     assert entry["size_bytes"] == big_model.stat().st_size
     assert model_files(home) == ["hf/org/tiny-GGUF/tiny.Q4_K_M.gguf"]
-    out = rbee(home, "infer", "--model", "hf:org/tiny-GGUF", "--prompt", "hi", "--max-tokens", "4", "--json")
+    out = home.run("infer", "--model", "hf:org/tiny-GGUF", "--prompt", "hi", "--max-tokens", "4", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["tokens"] >= 1
 
@@ -82,7 +79,7 @@ def test_pull_picks_q4_k_m_survives_a_reset_and_infer_runs(home: RbeeHome, hub: 
 def test_a_stall_times_out_and_is_retried(home: RbeeHome, hub: Hub, big_model: Path) -> None:
     home.env["RBEE_DOWNLOAD_READ_TIMEOUT_S"] = "1"
     f = hub.add("org/stall-GGUF", "tiny.Q4_K_M.gguf", big_model, stall_at=2 * MB, stall_s=20)
-    r = rbee(home, "models", "pull", "hf:org/stall-GGUF")
+    r = home.run("models", "pull", "hf:org/stall-GGUF")
     assert r.returncode == 0, r.stderr
     # The stalled response is still asleep on the server; a retry resumed at the stall.
     assert (2 * MB, big_model.stat().st_size - 2 * MB) in f.served
@@ -91,7 +88,7 @@ def test_a_stall_times_out_and_is_retried(home: RbeeHome, hub: Hub, big_model: P
 
 def test_a_wrong_hash_is_refused_and_nothing_is_kept(home: RbeeHome, hub: Hub, big_model: Path) -> None:
     hub.add("org/bad-GGUF", "tiny.Q4_K_M.gguf", big_model, wrong_sha=True)
-    r = rbee(home, "models", "pull", "hf:org/bad-GGUF")
+    r = home.run("models", "pull", "hf:org/bad-GGUF")
     assert r.returncode == 1
     assert "DOWNLOAD_FAILED" in r.stderr and "corrupt" in r.stderr
     assert catalog(home) == []
@@ -101,7 +98,7 @@ def test_a_wrong_hash_is_refused_and_nothing_is_kept(home: RbeeHome, hub: Hub, b
 def test_download_fails_after_six_attempts_with_the_last_error(home: RbeeHome, hub: Hub, big_model: Path) -> None:
     # Issue 5, case 2: every response is cut at 2 MB, so no attempt gets further.
     f = hub.add("org/flaky-GGUF", "tiny.Q4_K_M.gguf", big_model, reset_always_at=2 * MB)
-    r = rbee(home, "infer", "--model", "hf:org/flaky-GGUF", "--prompt", "x")
+    r = home.run("infer", "--model", "hf:org/flaky-GGUF", "--prompt", "x")
     assert r.returncode == 1
     assert "DOWNLOAD_FAILED" in r.stderr and "after 6 attempts" in r.stderr
     assert "Suggestion:" in r.stderr and "resumes" in r.stderr
@@ -112,17 +109,17 @@ def test_download_fails_after_six_attempts_with_the_last_error(home: RbeeHome, h
 
 def test_not_found_and_private_repos(home: RbeeHome, hub: Hub, big_model: Path) -> None:
     hub.add("org/tiny-GGUF", "tiny.Q4_K_M.gguf", big_model)
-    r = rbee(home, "models", "pull", "hf:org/nope-GGUF")
+    r = home.run("models", "pull", "hf:org/nope-GGUF")
     assert r.returncode == 1 and "MODEL_NOT_FOUND" in r.stderr and "org/nope-GGUF" in r.stderr
-    r = rbee(home, "models", "pull", "hf:org/tiny-GGUF:other.gguf")
+    r = home.run("models", "pull", "hf:org/tiny-GGUF:other.gguf")
     assert r.returncode == 1 and "MODEL_NOT_FOUND" in r.stderr and "tiny.Q4_K_M.gguf" in r.stderr
-    r = rbee(home, "models", "pull", "hf:org/tiny-GGUF:Q2_K")
+    r = home.run("models", "pull", "hf:org/tiny-GGUF:Q2_K")
     assert r.returncode == 1 and "no Q2_K file" in r.stderr
-    r = rbee(home, "models", "pull", "hf:not/a/repo")
+    r = home.run("models", "pull", "hf:not/a/repo")
     assert r.returncode == 2 and "INVALID_REQUEST" in r.stderr
     hub.add("org/private-GGUF", "tiny.Q4_K_M.gguf", big_model)
     hub.repos["org/private-GGUF"].private_token = "hf_secret"
-    r = rbee(home, "models", "pull", "hf:org/private-GGUF")
+    r = home.run("models", "pull", "hf:org/private-GGUF")
     assert r.returncode == 1 and "MODEL_NOT_FOUND" in r.stderr and "HF_TOKEN" in r.stderr
     assert catalog(home) == []
 
@@ -131,7 +128,7 @@ def test_private_repo_with_a_token(home: RbeeHome, hub: Hub, big_model: Path) ->
     hub.add("org/private-GGUF", "tiny.Q4_K_M.gguf", big_model)
     hub.repos["org/private-GGUF"].private_token = "hf_secret"
     home.env["HF_TOKEN"] = "hf_secret"  # the hive the keeper starts inherits it
-    r = rbee(home, "models", "pull", "hf:org/private-GGUF")
+    r = home.run("models", "pull", "hf:org/private-GGUF")
     assert r.returncode == 0, r.stderr
 
 
@@ -150,7 +147,7 @@ def test_a_download_cut_by_killing_the_hive_resumes(home: RbeeHome, hub: Hub, bi
     kept = part.stat().st_size
     assert kept > 3 * MB and catalog_path_absent(home)
     f.rate = None
-    r = rbee(home, "models", "pull", "hf:org/slow-GGUF")
+    r = home.run("models", "pull", "hf:org/slow-GGUF")
     assert r.returncode == 0, r.stderr
     assert "resuming tiny.Q4_K_M.gguf at" in r.stderr
     resumed_start = f.served[-1][0]
@@ -170,10 +167,10 @@ def test_disk_full_is_refused_before_writing(rbee_home: RbeeHome, hub: Hub, big_
         rbee_home.local_node()
         rbee_home.env.update({"HF_ENDPOINT": hub.url, "RBEE_DATA_DIR": str(small / "data")})
         hub.add("org/tiny-GGUF", "tiny.Q4_K_M.gguf", big_model)
-        r = rbee(rbee_home, "models", "pull", "hf:org/tiny-GGUF")
+        r = rbee_home.run("models", "pull", "hf:org/tiny-GGUF")
         assert r.returncode == 1
         assert "INSUFFICIENT_DISK" in r.stderr and "need 9 MB" in r.stderr
         assert not list((small / "data" / "models").rglob("*.gguf*"))
-        rbee(rbee_home, "hive", "stop", "localhost")
+        rbee_home.run("hive", "stop", "localhost")
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

@@ -30,9 +30,6 @@ def popen_rbee(home: RbeeHome, *args: str, env: dict[str, str] | None = None) ->
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def run_rbee(home: RbeeHome, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rbee_fabric.cli", *args], env={**home.env, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def hive_workers(home: RbeeHome, port: int) -> list[dict]:
@@ -68,7 +65,7 @@ def alive(pid: int) -> bool:
 
 
 def stop(home: RbeeHome) -> None:
-    r = run_rbee(home, "hive", "stop", "localhost")
+    r = home.run("hive", "stop", "localhost")
     assert r.returncode == 0, r.stderr
 
 
@@ -79,7 +76,7 @@ def local(rbee_home: RbeeHome) -> RbeeHome:
 
 
 def warm_worker(home: RbeeHome, model: Path, env: dict[str, str] | None = None) -> dict:
-    r = run_rbee(home, "infer", "--model", f"file:{model}", "--prompt", "x", "--max-tokens", "2", "--json", env=env)
+    r = home.run("infer", "--model", f"file:{model}", "--prompt", "x", "--max-tokens", "2", "--json", env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -89,7 +86,7 @@ def warm_worker(home: RbeeHome, model: Path, env: dict[str, str] | None = None) 
 
 def test_1_hive_unreachable_three_attempts_then_connection_timeout(local: RbeeHome, tiny_model: Path) -> None:
     t0 = time.monotonic()
-    r = run_rbee(local, "infer", "--no-start-hive", "--model", f"file:{tiny_model}", "--prompt", "x")
+    r = local.run("infer", "--no-start-hive", "--model", f"file:{tiny_model}", "--prompt", "x")
     assert r.returncode == 1
     for n in (1, 2, 3):
         assert f"attempt {n}/3" in r.stderr
@@ -108,7 +105,7 @@ def test_3_model_too_big_is_refused_before_any_worker(local: RbeeHome, tiny_mode
     huge.write_bytes(tiny_model.read_bytes())
     os.truncate(huge, 300 * 2**30)  # sparse: 300 GB on paper
     try:
-        r = run_rbee(local, "infer", "--model", f"file:{huge}", "--prompt", "x")
+        r = local.run("infer", "--model", f"file:{huge}", "--prompt", "x")
         assert r.returncode == 1
         assert "INSUFFICIENT_RAM" in r.stderr
         assert "MB of RAM" in r.stderr and "available" in r.stderr
@@ -181,7 +178,7 @@ def test_6_busy_worker_is_retried_then_reported(local: RbeeHome, tiny_model: Pat
     try:
         assert long.stdout is not None and "tok" in long.stdout.read(10)
         t0 = time.monotonic()
-        r = run_rbee(local, "infer", "--model", f"file:{tiny_model}", "--prompt", "y", env=SCRIPTED)
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "y", env=SCRIPTED)
         elapsed = time.monotonic() - t0
         assert r.returncode == 1
         for s in (1, 2, 4):
@@ -202,7 +199,7 @@ def test_6_busy_worker_is_retried_then_reported(local: RbeeHome, tiny_model: Pat
 def test_7_loading_timeout_stops_the_stuck_worker(local: RbeeHome, tiny_model: Path) -> None:
     slow_load = {**SCRIPTED, "RBEE_SCRIPTED_LOAD_S": "120"}
     try:
-        r = run_rbee(local, "infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--timeout", "4", env=slow_load)
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--timeout", "4", env=slow_load)
         assert r.returncode == 1
         assert "LOADING_TIMEOUT" in r.stderr and "within 4 s" in r.stderr
         assert "% loaded" in r.stderr  # the last progress seen
@@ -228,8 +225,8 @@ def test_8_version_mismatch(local: RbeeHome, tiny_model: Path, tmp_path: Path) -
                             env={**local.env, "PYTHONPATH": str(old)}, cwd=old,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert wait_for(lambda: run_rbee(local, "hive", "status", "localhost").returncode == 0)
-        r = run_rbee(local, "infer", "--model", f"file:{tiny_model}", "--prompt", "x")
+        assert wait_for(lambda: local.run("hive", "status", "localhost").returncode == 0)
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x")
         assert r.returncode == 1
         assert "VERSION_MISMATCH" in r.stderr and "0.1.0" in r.stderr and "0.0.9" in r.stderr
         assert "rbee nodes install localhost --upgrade" in r.stderr
@@ -242,16 +239,16 @@ def test_8_version_mismatch(local: RbeeHome, tiny_model: Path, tmp_path: Path) -
 
 
 def test_9_wrong_api_key_names_the_node_and_the_key_file(local: RbeeHome, tiny_model: Path) -> None:
-    assert run_rbee(local, "hive", "start", "localhost").returncode == 0
+    assert local.run("hive", "start", "localhost").returncode == 0
     try:
         (local.config / "api_key").write_text("rotated-by-someone\n")  # the hive still has the old key
-        r = run_rbee(local, "infer", "--model", f"file:{tiny_model}", "--prompt", "x")
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x")
         assert r.returncode == 1
         assert "INVALID_API_KEY" in r.stderr and "localhost refused the API key" in r.stderr
         assert str(local.config / "api_key") in r.stderr
     finally:
         # stop by pid file: the hive is still ours even if its key is not
-        r = run_rbee(local, "hive", "stop", "localhost")
+        r = local.run("hive", "stop", "localhost")
         assert r.returncode == 0
 
 
@@ -259,7 +256,7 @@ def test_9_wrong_api_key_names_the_node_and_the_key_file(local: RbeeHome, tiny_m
 
 
 def test_10_idle_timeout_stops_the_worker_then_a_new_one_starts(local: RbeeHome, tiny_model: Path) -> None:
-    assert run_rbee(local, "hive", "start", "localhost", "--idle-timeout", "2").returncode == 0
+    assert local.run("hive", "start", "localhost", "--idle-timeout", "2").returncode == 0
     try:
         first = warm_worker(local, tiny_model)
         pid = hive_workers(local, local.hive_port)[0]["pid"]  # type: ignore[attr-defined]
@@ -281,7 +278,7 @@ def test_a_worker_that_cannot_load_is_reported_with_its_log(local: RbeeHome, tin
     cut.write_bytes(data[: len(data) // 2])  # header intact, weights cut off
     t0 = time.monotonic()
     try:
-        r = run_rbee(local, "infer", "--model", f"file:{cut}", "--prompt", "x")
+        r = local.run("infer", "--model", f"file:{cut}", "--prompt", "x")
         assert r.returncode == 1
         assert "WORKER_START_FAILED" in r.stderr
         assert "failed to load" in r.stderr  # from the worker's own log
@@ -299,7 +296,7 @@ def test_keeper_killed_mid_generation_leaves_things_consistent(local: RbeeHome, 
         assert p.stdout is not None and "tok" in p.stdout.read(10)
         p.kill()
         p.wait()
-        r = run_rbee(local, "infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--max-tokens", "3", "--json", env=SCRIPTED)
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--max-tokens", "3", "--json", env=SCRIPTED)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["reused_worker"] is True  # the worker noticed and went idle
         assert len(hive_workers(local, local.hive_port)) == 1  # type: ignore[attr-defined]
@@ -314,7 +311,7 @@ def test_hive_port_taken_by_another_program(local: RbeeHome, tiny_model: Path) -
     squatter.bind(("127.0.0.1", local.hive_port))  # type: ignore[attr-defined]
     squatter.listen(1)
     try:
-        r = run_rbee(local, "infer", "--model", f"file:{tiny_model}", "--prompt", "x", timeout=90)
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", timeout=90)
         assert r.returncode == 1
         assert "CONNECTION_TIMEOUT" in r.stderr or "address already in use" in r.stderr.lower()
         assert "Traceback" not in r.stderr
