@@ -314,7 +314,6 @@ def workers_health(node: NodeOpt) -> None:
     """Probe every worker of NODE."""
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.client import WorkerClient
     from rbee_fabric.keeper.session import node_transport
 
     async def main() -> int:
@@ -326,7 +325,7 @@ def workers_health(node: NodeOpt) -> None:
             finally:
                 await hive.aclose()
             for w in workers:
-                client = WorkerClient(await t.reach(w.url), await t.api_key(), node, t.key_location())
+                client = await hivectl.connect_worker(t, w.url)
                 started = time.monotonic()
                 try:
                     r = await client.ready()

@@ -10,7 +10,6 @@ an interruption, and check the sha256 before anything enters the catalog.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import time
@@ -186,11 +185,3 @@ async def _write(r: httpx.Response, part: Path, have: int, total: int, progress:
                 rate = (done - have) / max(now - started, 1e-6)
                 await progress(done, total, rate)
     await progress(done, total, (done - have) / max(time.monotonic() - started, 1e-6))
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

@@ -238,7 +238,7 @@ class Provisioner:
         await hub.fetch(f, part, progress)
         yield None
         await job.update(stage="verifying")
-        digest = await asyncio.to_thread(hub.sha256_of, part)
+        digest = await asyncio.to_thread(sha256_file, part)
         if f.sha256 and digest != f.sha256:
             part.unlink(missing_ok=True)  # never keep, never register a corrupt file
             raise DownloadFailed(
@@ -267,4 +267,4 @@ def check_disk(directory: Path, needed_bytes: int) -> None:
         )
 
 
-__all__ = ["Job", "Provisioner", "check_disk", "sha256_file"]
+__all__ = ["Job", "Provisioner", "check_disk"]

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from rbee_fabric import __version__
 from rbee_fabric.errors import ConnectionTimeout, RbeeError, VersionMismatch
-from rbee_fabric.keeper.client import HiveClient, Unreachable
+from rbee_fabric.keeper.client import HiveClient, Unreachable, WorkerClient
 from rbee_fabric.keeper.transport import Transport, wait_gone
 from rbee_fabric.schemas import HiveHealth
 
@@ -30,6 +30,11 @@ async def connect_hive(t: Transport) -> HiveClient:
     """A client for the node's hive, with its API key (not yet checked)."""
     url = await t.reach(await t.hive_url())
     return HiveClient(url, await t.api_key(), t.node.name, t.key_location())
+
+
+async def connect_worker(t: Transport, url: str) -> WorkerClient:
+    """A client for a worker of the node, reached the way the transport reaches it."""
+    return WorkerClient(await t.reach(url), await t.api_key(), t.node.name, t.key_location())
 
 
 def check_version(health: HiveHealth, node: str) -> None:

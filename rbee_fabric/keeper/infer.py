@@ -22,7 +22,7 @@ from rbee_fabric.errors import (
     from_envelope,
 )
 from rbee_fabric.keeper import hivectl
-from rbee_fabric.keeper.client import HiveClient, Unreachable, WorkerClient
+from rbee_fabric.keeper.client import HiveClient, Unreachable
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import (
@@ -137,8 +137,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
 
 async def _registry_hit(run: _Run) -> WorkerRecord | None:
     for rec in run.registry.candidates(run.t.node.name, run.ref, run.opts.backend, run.opts.device):
-        worker = WorkerClient(await run.t.reach(rec.url), await run.t.api_key(),
-                              run.t.node.name, run.t.key_location())  # fmt: skip
+        worker = await hivectl.connect_worker(run.t, rec.url)
         try:
             ready = await worker.ready(timeout=2.0)
         except RbeeError:
@@ -172,8 +171,7 @@ async def _provision(run: _Run, hive: HiveClient) -> ModelInfo:
 
 async def _wait_ready(run: _Run, hive: HiveClient, info: WorkerInfo) -> None:
     """Follow the worker's loading progress; fail fast when it is gone."""
-    worker = WorkerClient(await run.t.reach(info.url), await run.t.api_key(),
-                          run.t.node.name, run.t.key_location())  # fmt: skip
+    worker = await hivectl.connect_worker(run.t, info.url)
     last: LoadingProgress | None = None
     errors = 0
     deadline = run.started + run.opts.timeout
@@ -249,8 +247,7 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
         prompt=o.prompt, max_tokens=o.max_tokens, temperature=o.temperature,
         top_p=o.top_p, seed=o.seed, request_id=request_id,
     )  # fmt: skip
-    worker = WorkerClient(await run.t.reach(rec.url), await run.t.api_key(),
-                          run.t.node.name, run.t.key_location())  # fmt: skip
+    worker = await hivectl.connect_worker(run.t, rec.url)
     pieces: list[str] = []
     t0 = time.monotonic()
     first: float | None = None
@@ -331,8 +328,7 @@ def _crashed(run: _Run, rec: WorkerRecord, request_id: str, pieces: list[str]) -
 
 async def _cancel(run: _Run, rec: WorkerRecord, request_id: str) -> str:
     """Ctrl+C: ask the worker to stop (5 s at most); say whether it did."""
-    cancel = WorkerClient(await run.t.reach(rec.url), await run.t.api_key(),
-                          run.t.node.name, run.t.key_location())  # fmt: skip
+    cancel = await hivectl.connect_worker(run.t, rec.url)
     try:
         ack = await cancel.cancel(request_id, timeout=5.0)
         return "Canceled." if ack.canceled else "Canceled; the worker may still be working."

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -202,4 +201,4 @@ def for_node(node: Node) -> Transport:
     return SshTransport(node)
 
 
-__all__ = ["LocalTransport", "Transport", "for_node", "signal", "wait_gone"]
+__all__ = ["LocalTransport", "RemoteResult", "Transport", "for_node", "wait_gone"]
