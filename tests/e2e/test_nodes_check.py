@@ -68,7 +68,14 @@ def test_not_installed_and_model_too_big(installed: RbeeHome, shared_dir: Path, 
 def test_version_mismatch_is_found(installed: RbeeHome) -> None:
     init = Path("/home/rbeelab2/.local/share/rbee/venv/lib/python3.11/site-packages/rbee_fabric/__init__.py")
     original = init.read_text()
-    init.write_text(original.replace('__version__ = "0.1.0"', '__version__ = "0.0.1"'))
+
+    def rewrite(text: str) -> None:
+        # Same length, maybe the same second: drop the bytecode, or Python keeps the old one.
+        init.write_text(text)
+        for pyc in (init.parent / "__pycache__").glob("__init__.*.pyc"):
+            pyc.unlink()
+
+    rewrite(original.replace('__version__ = "0.1.0"', '__version__ = "0.0.1"'))
     try:
         code, nodes = check(installed, "labnode2")
         assert code == 1
@@ -76,7 +83,7 @@ def test_version_mismatch_is_found(installed: RbeeHome) -> None:
         assert c["status"] == "fail" and "0.0.1" in c["detail"]
         assert c["fix"] == "rbee nodes install labnode2 --upgrade"
     finally:
-        init.write_text(original)
+        rewrite(original)
 
 
 def test_wrong_api_key_and_hive_port_taken(installed: RbeeHome) -> None:
