@@ -13,6 +13,8 @@
     ├── BackendUnavailable         BACKEND_UNAVAILABLE (400)
     ├── InvalidApiKey              INVALID_API_KEY (401)
     ├── AllSlotsBusy               ALL_SLOTS_BUSY (503)
+    ├── QueueFull                  QUEUE_FULL (429, details.retry_after_s)
+    ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx)
     ├── WorkerCrashed              WORKER_CRASHED
     ├── WorkerStartFailed          WORKER_START_FAILED
     ├── WorkerNotFound             WORKER_NOT_FOUND (404)
@@ -143,6 +145,23 @@ class AllSlotsBusy(RbeeError):
     default_hint = "the worker is generating for another request; try again shortly"
 
 
+class QueueFull(RbeeError):
+    """The node's queue for this model is at its limit; retry after details.retry_after_s."""
+
+    code = "QUEUE_FULL"
+    http_status = 429
+    default_hint = "wait and retry, or raise the node's queue limit (max_queue in the inventory)"
+
+
+class ContextTooLong(RbeeError):
+    """The prompt (details.prompt_tokens) cannot fit the context (details.n_ctx)."""
+
+    code = "CONTEXT_TOO_LONG"
+    http_status = 400
+    exit_code = EXIT_USAGE
+    default_hint = "use a larger --ctx-size or a shorter prompt"
+
+
 class WorkerCrashed(RbeeError):
     code = "WORKER_CRASHED"
     http_status = 502
@@ -222,6 +241,8 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         BackendUnavailable,
         InvalidApiKey,
         AllSlotsBusy,
+        QueueFull,
+        ContextTooLong,
         WorkerCrashed,
         WorkerStartFailed,
         WorkerNotFound,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 API_VERSION = "1"
 
@@ -118,6 +118,11 @@ class WorkerInfo(Message):
     state: WorkerState
     started_at: float
     idle_seconds: float | None = None
+    n_ctx: int | None = None
+    # Safe mode: llama.cpp's extra buffer types (AMX, repacking) off, and why.
+    safe_mode: bool = False
+    safe_mode_reason: str | None = None
+    queued: int = 0
 
 
 class WorkerList(Message):
@@ -173,13 +178,52 @@ class LoadingProgress(Message):
     error: str | None = None
 
 
+ChatRole = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(Message):
+    role: ChatRole
+    content: str = Field(max_length=1_000_000)
+
+
+class ResponseFormat(Message):
+    """Constrain the output: any JSON object, or JSON matching `json_schema`."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+
 class InferenceRequest(Message):
-    prompt: str = Field(min_length=1, max_length=1_000_000)
-    max_tokens: int = Field(default=20, ge=1, le=1_000_000)
+    """One generation: a raw completion of `prompt`, or a chat over `messages`.
+
+    Exactly one of `prompt` and `messages` is given. Chat messages are
+    rendered with the model's own template (its GGUF metadata), else the
+    known format of its architecture, else `chat_format` must name one.
+    """
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=1_000_000)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    chat_format: str | None = Field(default=None, min_length=1, max_length=64)
+    max_tokens: int | None = Field(default=20, ge=1, le=1_000_000)
     temperature: float = Field(default=0.7, ge=0.0, le=10.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    response_format: ResponseFormat | None = None
     request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> InferenceRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class QueuedEvent(Message):
+    """Sent before any token while the request waits for its turn (position 1 = next)."""
+
+    queued: Literal[True] = True
+    position: int = Field(ge=1)
 
 
 class TokenEvent(Message):
@@ -192,6 +236,9 @@ class DoneEvent(Message):
     total_tokens: int
     duration_ms: int
     stop_reason: Literal["length", "stop", "canceled"] = "stop"
+    prompt_tokens: int = 0
+    # How the input was rendered: "raw", or the chat template/format used.
+    rendered_as: str | None = None
 
 
 class CancelAck(Message):

@@ -71,6 +71,8 @@ class LlamaEngine:
         }
         if req.seed is not None:
             kwargs["seed"] = req.seed
+        if req.prompt is None:
+            raise ValueError("chat messages are not supported by this worker yet")
         stream = self._llm.create_completion(req.prompt, **kwargs)
         try:
             for chunk in stream:
@@ -149,7 +151,7 @@ class ScriptedEngine:
         self, req: InferenceRequest, cancel: threading.Event, result: Generation
     ) -> Iterator[str]:
         result.stop_reason = "length"
-        for i in range(req.max_tokens):
+        for i in range(req.max_tokens or 20):
             if cancel.wait(self.delay):
                 result.stop_reason = "canceled"
                 return
