@@ -12,6 +12,10 @@
     ├── InsufficientDisk           INSUFFICIENT_DISK (507)
     ├── BackendUnavailable         BACKEND_UNAVAILABLE (400)
     ├── InvalidApiKey              INVALID_API_KEY (401)
+    ├── ForeignListener            FOREIGN_LISTENER (a port held by another program or user)
+    ├── RequestTooLarge            REQUEST_TOO_LARGE (413)
+    ├── ConfigError                CONFIG_INVALID (a damaged local file, exit 2)
+    ├── DiskError                  DISK_ERROR (507, a full or failing data disk)
     ├── AllSlotsBusy               ALL_SLOTS_BUSY (503)
     ├── QueueFull                  QUEUE_FULL (429, details.retry_after_s)
     ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx)
@@ -139,6 +143,41 @@ class InvalidApiKey(RbeeError):
     http_status = 401
 
 
+class ForeignListener(RbeeError):
+    """The port of a hive or worker is held by a program that cannot prove it has the key.
+
+    The keeper checks this before it sends the API key anywhere, so the key
+    never reaches an impostor (another user's program on the same port, a
+    stale worker address reused by someone else).
+    """
+
+    code = "FOREIGN_LISTENER"
+    http_status = 502
+
+
+class RequestTooLarge(RbeeError):
+    code = "REQUEST_TOO_LARGE"
+    http_status = 413
+    exit_code = EXIT_USAGE
+    default_hint = "send a smaller request (prompts and bodies are limited to a few MB)"
+
+
+class ConfigError(RbeeError):
+    """A local rbee file is damaged (for example an empty API key file)."""
+
+    code = "CONFIG_INVALID"
+    http_status = 500
+    exit_code = EXIT_USAGE
+
+
+class DiskError(RbeeError):
+    """The data directory's disk is full or failing (SQLite disk I/O error)."""
+
+    code = "DISK_ERROR"
+    http_status = 507
+    default_hint = "free space on the disk of the rbee data directory, then retry"
+
+
 class AllSlotsBusy(RbeeError):
     code = "ALL_SLOTS_BUSY"
     http_status = 503
@@ -240,6 +279,10 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         InsufficientDisk,
         BackendUnavailable,
         InvalidApiKey,
+        ForeignListener,
+        RequestTooLarge,
+        ConfigError,
+        DiskError,
         AllSlotsBusy,
         QueueFull,
         ContextTooLong,

@@ -8,15 +8,17 @@ import logging
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rbee_fabric.errors import InvalidApiKey, RbeeError, UsageError
+from rbee_fabric import proof
+from rbee_fabric.errors import InvalidApiKey, RbeeError, RequestTooLarge, UsageError
 
 log = logging.getLogger("rbee")
 
@@ -63,28 +65,109 @@ def _jsonable(errors: Any) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors]
 
 
-def install_api_key(app: FastAPI, api_key: str, where: str) -> None:
-    """Require `Authorization: Bearer <key>` on every path but /v1/health."""
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
-    @app.middleware("http")
-    async def _auth(
-        request: Request, call_next: Callable[[Request], Awaitable[Any]]
-    ) -> Any:
-        if request.url.path not in OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(
-                given.strip().encode(), api_key.encode()
+
+def health_proof(api_key: str, nonce: str | None) -> dict[str, Any]:
+    """The additive health field: the key proof for the keeper's nonce."""
+    fields: dict[str, Any] = {}
+    if nonce is not None:
+        if not proof.valid_nonce(nonce):
+            raise UsageError("nonce must be 1-128 lowercase hex digits")
+        fields["proof"] = proof.answer(api_key, nonce)
+    return fields
+
+
+class Guard:
+    """Raw ASGI middleware: the API key and the request body limit.
+
+    The key check decides on `scope["path"]`, the path the router dispatches
+    on, never on `request.url` (which older Starlette rebuilt partly from the
+    Host header, so `Host: x/v1/health?` made any path look open). The body
+    limit counts the bytes actually received, not only Content-Length.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str, max_body: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.api_key = api_key.encode()
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        if scope.get("path") not in OPEN_PATHS:
+            header = headers.get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(
+                given.strip(), self.api_key
             ):
                 what = "missing" if not header else "wrong"
-                return error_response(
-                    InvalidApiKey(
-                        f"{what} API key",
-                        hint=f"the node's key lives in {where}",
-                        details={"key_file": where},
-                    )
+                err = InvalidApiKey(
+                    f"{what} API key",
+                    hint="send the node's API key (the keeper reads it from the node's "
+                    "rbee config directory)",
                 )
-        return await call_next(request)
+                await error_response(err)(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await error_response(self._too_large())(scope, receive, send)
+            return
+        await self._limited(scope, receive, send)
+
+    def _too_large(self) -> RequestTooLarge:
+        mb = self.max_body // (1024 * 1024)
+        return RequestTooLarge(
+            f"request body larger than {mb} MB", details={"limit_bytes": self.max_body}
+        )
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        over = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over:
+                return  # the app's answer to the cut body is replaced by ours
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await error_response(self._too_large())(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def install_api_key(app: FastAPI, api_key: str, where: str) -> None:
+    """Require `Authorization: Bearer <key>` on every path but /v1/health; limit bodies.
+
+    `where` (the key file) is deliberately not shown in the 401 answer: an
+    unauthenticated caller learns nothing about the node's file layout.
+    """
+    del where
+    app.add_middleware(Guard, api_key=api_key)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -43,9 +43,28 @@ class ErrorEnvelope(Message):
 
 
 class HiveHealth(Message):
+    """The open health answer; `proof` answers the keeper's `?nonce=` (see proof.py).
+
+    Unknown fields are ignored so that a newer or older hive still parses and
+    reads as VERSION_MISMATCH instead of a validation error.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
     status: Literal["ok"] = "ok"
     version: str
     api_version: str = API_VERSION
+    proof: str | None = None
+
+
+class WorkerHealth(Message):
+    """A worker's open health answer, with the same proof of the key as the hive's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["ok"] = "ok"
+    version: str | None = None
+    proof: str | None = None
 
 
 class ModelInfo(Message):

@@ -18,7 +18,7 @@ from rbee_fabric.errors import ModelNotFound, WorkerNotFound
 from rbee_fabric.ggufmeta import read_info
 from rbee_fabric.hive.provision import Provisioner
 from rbee_fabric.hive.supervisor import Supervisor, SupervisorSettings
-from rbee_fabric.httpserver import install_api_key, install_error_handlers
+from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.resources import check_fit, gather, llama_backend_probe, pick_backend, required_mb
 from rbee_fabric.schemas import (
     Ack,
@@ -110,9 +110,9 @@ def create_app(settings: HiveSettings) -> FastAPI:
     def hive() -> Hive:
         return app.state.hive  # type: ignore[no-any-return]
 
-    @app.get("/v1/health", response_model=HiveHealth)
-    async def health() -> HiveHealth:
-        return HiveHealth(version=__version__)
+    @app.get("/v1/health", response_model=HiveHealth, response_model_exclude_none=True)
+    async def health(nonce: str | None = None) -> HiveHealth:
+        return HiveHealth(version=__version__, **health_proof(settings.api_key, nonce))
 
     @app.get("/v1/resources", response_model=Resources)
     async def resources() -> Resources:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from rbee_fabric import sse
-from rbee_fabric.errors import ConnectionTimeout, InvalidApiKey, RbeeError, from_envelope
+from rbee_fabric import __version__, proof, sse
+from rbee_fabric.errors import (
+    ConnectionTimeout,
+    ForeignListener,
+    InvalidApiKey,
+    RbeeError,
+    VersionMismatch,
+    from_envelope,
+)
+from rbee_fabric.keeper import sockowner
 from rbee_fabric.schemas import (
     Ack,
     CancelAck,
@@ -37,21 +46,86 @@ class Unreachable(ConnectionTimeout):
 
 
 class Endpoint:
-    """One daemon's base URL, API key, and who to name in errors."""
+    """One daemon's base URL, API key, and who to name in errors.
+
+    The key is sent only after the listener proved it holds the key (see
+    proof.py): `/v1/health` goes out without it, with a fresh nonce, and the
+    answer must carry HMAC(key, nonce). On this machine the listening
+    socket's owner must also be this user.
+    """
+
+    what = "rbee daemon"
 
     def __init__(self, base_url: str, api_key: str | None, node: str, key_file: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.node = node
         self.key_file = key_file
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._key = api_key
+        self._auth: dict[str, str] | None = None  # set once the listener is proven
         # Plain HTTP only (loopback, SSH tunnels, the LAN): verify=False skips
         # loading the CA bundle, which costs ~0.2 s per client.
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers=headers,
             timeout=httpx.Timeout(30.0, connect=3.0),
             verify=False,
         )
+
+    async def prove(self, timeout: float = 3.0) -> dict[str, Any]:
+        """Check the listener is ours (owner, key proof); returns its health answer."""
+        nonce = proof.new_nonce()
+        with self._mapped():
+            self._check_owner()
+            r = await self.http.get("/v1/health", params={"nonce": nonce}, timeout=timeout)
+            self._check(r)
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+        if not isinstance(body, dict):
+            raise self._foreign("its /v1/health answer is not rbee's")
+        if self._key is None:
+            return body  # no key to protect (and none to check against)
+        if not proof.check(self._key, nonce, body.get("proof")):
+            version = body.get("version")
+            if body.get("proof") is None and isinstance(version, str) and version != __version__:
+                # An rbee daemon of another version (before the proof existed).
+                raise VersionMismatch(
+                    f"keeper is {__version__}, the {self.what} on {self.node} "
+                    f"({self.base_url}) is {version}",
+                    hint=f"upgrade the node: rbee nodes install {self.node} --upgrade",
+                    details={"keeper": __version__, "daemon": version, "node": self.node},
+                )
+            raise self._foreign("it could not prove it holds the node's API key")
+        self._auth = {"Authorization": f"Bearer {self._key}"}
+        return body
+
+    def _check_owner(self) -> None:
+        url = httpx.URL(self.base_url)
+        if url.host not in ("127.0.0.1", "localhost", "::1") or url.port is None:
+            return
+        uid = sockowner.listener_uid(url.port)
+        if uid is not None and uid != os.getuid():
+            raise self._foreign(
+                f"port {url.port} is held by user {sockowner.user_name(uid)}, not by you",
+                owner=sockowner.user_name(uid),
+            )
+
+    def _foreign(self, why: str, owner: str | None = None) -> ForeignListener:
+        details: dict[str, Any] = {"address": self.base_url, "node": self.node}
+        if owner is not None:
+            details["owner"] = owner
+        return ForeignListener(
+            f"{self.base_url} is not the {self.what} of {self.node}: {why}; "
+            "the API key was not sent",
+            hint="another program holds that port: stop it, or give the node another "
+            "hive_port in the inventory",
+            details=details,
+        )
+
+    async def _headers(self) -> dict[str, str]:
+        if self._auth is None and self._key is not None:
+            await self.prove()
+        return self._auth or {}
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -105,7 +179,7 @@ class Endpoint:
                 kwargs["json"] = body.model_dump(exclude_none=True)
             if timeout is not None:
                 kwargs["timeout"] = timeout
-            r = await self.http.request(method, path, **kwargs)
+            r = await self.http.request(method, path, headers=await self._headers(), **kwargs)
             self._check(r)
             return model.model_validate(r.json())
 
@@ -117,7 +191,8 @@ class Endpoint:
         if body is not None:
             kwargs["json"] = body.model_dump(exclude_none=True)
         with self._mapped():
-            async with self.http.stream(method, path, **kwargs) as r:
+            headers = await self._headers()
+            async with self.http.stream(method, path, headers=headers, **kwargs) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     self._check(r)
@@ -131,8 +206,15 @@ def _reason(exc: Exception) -> str:
 
 
 class HiveClient(Endpoint):
+    what = "rbee-hive"
+
     async def health(self, timeout: float = 3.0) -> HiveHealth:
-        return await self.call("GET", "/v1/health", HiveHealth, timeout=timeout)
+        """The hive's health, after it proved it is ours (no key is sent here)."""
+        body = await self.prove(timeout)
+        try:
+            return HiveHealth.model_validate(body)
+        except ValidationError:
+            raise self._foreign("its /v1/health answer is not rbee-hive's") from None
 
     async def resources(self) -> Resources:
         return await self.call("GET", "/v1/resources", Resources)
@@ -171,6 +253,8 @@ class HiveClient(Endpoint):
 
 
 class WorkerClient(Endpoint):
+    what = "rbee worker"
+
     async def ready(self, timeout: float = 3.0) -> WorkerReady:
         return await self.call("GET", "/v1/ready", WorkerReady, timeout=timeout)
 

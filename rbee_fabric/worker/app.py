@@ -15,9 +15,9 @@ import httpx
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from rbee_fabric import sse
+from rbee_fabric import __version__, sse
 from rbee_fabric.errors import AllSlotsBusy, RbeeError, WorkerNotFound
-from rbee_fabric.httpserver import install_api_key, install_error_handlers
+from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.schemas import (
     Ack,
     CancelAck,
@@ -26,6 +26,7 @@ from rbee_fabric.schemas import (
     InferenceRequest,
     LoadingProgress,
     TokenEvent,
+    WorkerHealth,
     WorkerReady,
     WorkerReadyCallback,
 )
@@ -107,9 +108,9 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     install_error_handlers(app)
     install_api_key(app, settings.api_key, settings.key_file)
 
-    @app.get("/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/v1/health", response_model=WorkerHealth, response_model_exclude_none=True)
+    async def health(nonce: str | None = None) -> WorkerHealth:
+        return WorkerHealth(version=__version__, **health_proof(settings.api_key, nonce))
 
     @app.get("/v1/ready", response_model=WorkerReady)
     async def ready() -> WorkerReady:

@@ -1,0 +1,49 @@
+"""Who owns a listening TCP socket on this machine (Linux: /proc/net/tcp*).
+
+The keeper checks that a hive or worker port on its own machine is held by
+its own user before it talks to it. Where /proc/net is missing (macOS) or
+the socket is not visible (another network namespace), the answer is None
+and the keeper relies on the key proof alone.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+_LISTEN = "0A"
+
+
+def listener_uid(port: int, proc_net: Path = Path("/proc/net")) -> int | None:
+    """The uid owning the listening socket on port (any local address), or None.
+
+    With several listeners on the port (IPv4 and IPv6), a foreign owner wins.
+    """
+    uids: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 8 or cols[3] != _LISTEN:
+                continue
+            _, _, hexport = cols[1].rpartition(":")
+            try:
+                if int(hexport, 16) == port:
+                    uids.add(int(cols[7]))
+            except ValueError:
+                continue
+    foreign = sorted(uids - {os.getuid()})
+    if foreign:
+        return foreign[0]
+    return os.getuid() if uids else None
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
