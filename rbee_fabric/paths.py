@@ -37,10 +37,6 @@ def logs_dir() -> Path:
     return data_dir() / "logs"
 
 
-def hive_pid_file() -> Path:
-    return data_dir() / "hive.pid"
-
-
 def hive_log_file() -> Path:
     return logs_dir() / "hive.log"
 

@@ -193,9 +193,15 @@ def hive_stop(node: NodeArg) -> None:
     from rbee_fabric.keeper import hivectl
     from rbee_fabric.keeper.session import node_transport, open_registry
 
+    registry = open_registry()
+    try:
+        known = [(r.pid, r.id) for r in registry.list(node)]
+    finally:
+        registry.close()
+
     async def main() -> Any:
         async with node_transport(node, G.inventory) as t:
-            return await hivectl.stop(t)
+            return await hivectl.stop(t, known)
 
     was_running, n_workers = _run(main())
     registry = open_registry()
@@ -205,6 +211,8 @@ def hive_stop(node: NodeArg) -> None:
         registry.close()
     if was_running:
         err.print(f"rbee-hive on {node} stopped ({n_workers} worker(s) stopped)")
+    elif n_workers:
+        err.print(f"rbee-hive was not running on {node}; stopped {n_workers} orphaned worker(s)")
     else:
         err.print(f"rbee-hive was not running on {node}")
 

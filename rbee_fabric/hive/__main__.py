@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 
-from rbee_fabric import __version__, paths
+from rbee_fabric import __version__, paths, pidfile
 
 
 def _port_range(text: str) -> tuple[int, int]:
@@ -60,14 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout_s=args.idle_timeout,
         worker_ports=args.worker_ports,
     )
-    pid_file = paths.hive_pid_file()
-    pid_file.write_text(f"{os.getpid()}\n{settings.port}\n")
+    pidfile.write_hive(settings.port)
     try:
         serve(create_app(settings), sock)
     finally:
-        with contextlib.suppress(OSError):
-            if pid_file.read_text().split()[0] == str(os.getpid()):
-                pid_file.unlink()
+        pidfile.remove_hive(settings.port)
     return 0
 
 

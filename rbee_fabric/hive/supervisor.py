@@ -123,7 +123,8 @@ class Supervisor:
             "--backend", backend, "--device", str(device), "--n-ctx", str(n_ctx),
             "--key-file", self.s.key_file,
         ]  # fmt: skip
-        env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1",
+               "RBEE_HIVE_PID": str(os.getpid())}  # the worker ends when the hive does  # fmt: skip
         with open(log_path, "ab") as logf:
             try:
                 proc = await asyncio.create_subprocess_exec(

@@ -135,18 +135,27 @@ async def status(t: Transport) -> HiveStatus:
         await hive.aclose()
 
 
-async def stop(t: Transport) -> tuple[bool, int]:
-    """Stop the hive and every worker it spawned; (was running, workers stopped)."""
+async def stop(t: Transport, known: list[tuple[int, str]] | None = None) -> tuple[bool, int]:
+    """Stop the hive and every worker it spawned; (was running, workers stopped).
+
+    `known` are (pid, worker id) pairs from the keeper's registry: workers
+    whose hive is gone are found by them, each verified to still be that
+    worker before it is signalled.
+    """
     hive = await connect_hive(t)
     try:
         worker_pids: list[int] = []
-        with contextlib.suppress(RbeeError):  # hive down or key refused: the pid file alone
+        with contextlib.suppress(RbeeError):  # hive down, not ours, or key refused
             worker_pids = [w.pid for w in (await hive.workers()).workers]
         pid = await t.hive_pid()
         if pid is None:
-            leftovers = await t.alive(worker_pids)
-            await t.signal_pids(leftovers, signal.SIGKILL)
-            return False, 0
+            orphans = await t.workers_alive(known or [])
+            if orphans:
+                await t.signal_pids(orphans, signal.SIGTERM)
+                if left := await wait_gone(t, orphans, 10.0):
+                    await t.signal_pids(left, signal.SIGKILL)
+                    await wait_gone(t, left, 5.0)
+            return False, len(orphans)
         await t.signal_pids([pid], signal.SIGTERM)  # the hive stops its workers
         if await wait_gone(t, [pid], 20.0):
             await t.signal_pids([pid], signal.SIGKILL)

@@ -314,13 +314,26 @@ class SshTransport:
         return False  # the remote hive is detached; its health tells
 
     async def hive_pid(self) -> int | None:
-        data = await self.remote_path(self.node.install_dir)
-        r = await self.run(["cat", f"{data}/hive.pid"], check=False)
+        """The node's hive pid, verified on the node (start time, port: rbee_fabric.pidfile)."""
+        out = await self._pidfile("hive", str(self.node.hive_port))
+        return int(out) if out.isdigit() else None
+
+    async def workers_alive(self, workers: list[tuple[int, str]]) -> list[int]:
+        found = []
+        for pid, wid in workers:
+            if (await self._pidfile("worker", str(pid), wid)) == str(pid):
+                found.append(pid)
+        return found
+
+    async def _pidfile(self, *args: str) -> str:
         try:
-            pid = int(r.stdout.split()[0])
-        except (ValueError, IndexError):
-            return None
-        return pid if await self.alive([pid]) else None
+            python = await self.python()
+        except NotInstalled:
+            return ""
+        data = await self.remote_path(self.node.install_dir)
+        argv = ["env", f"RBEE_DATA_DIR={data}", python, "-m", "rbee_fabric.pidfile", *args]
+        r = await self.run(argv, check=False)
+        return r.stdout.strip() if r.exit_status == 0 else ""
 
     async def alive(self, pids: list[int]) -> list[int]:
         """Those pids that run one of our programs on the node."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from rbee_fabric import paths
+from rbee_fabric import paths, pidfile
 from rbee_fabric.keeper.inventory import Node
 
 
@@ -55,6 +55,8 @@ class Transport(Protocol):
     async def signal_pids(self, pids: list[int], sig: int) -> None: ...
 
     async def alive(self, pids: list[int]) -> list[int]: ...
+
+    async def workers_alive(self, workers: list[tuple[int, str]]) -> list[int]: ...
 
     async def log_tail(self, lines: int = 20) -> list[str]: ...
 
@@ -124,11 +126,11 @@ class LocalTransport:
             )
 
     async def hive_pid(self) -> int | None:
-        try:
-            pid = int(paths.hive_pid_file().read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if _is_ours(pid, "rbee_fabric.hive") else None
+        return pidfile.read_hive(self.node.hive_port)
+
+    async def workers_alive(self, workers: list[tuple[int, str]]) -> list[int]:
+        """Pids of (pid, worker id) pairs that still run that very worker."""
+        return [pid for pid, wid in workers if pidfile.is_worker(pid, wid)]
 
     async def signal_pids(self, pids: list[int], sig: int) -> None:
         for pid in pids:

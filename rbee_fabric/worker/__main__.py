@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 
 from rbee_fabric import __version__
+
+PARENT_POLL_S = 1.0
+PARENT_GRACE_S = 15.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,8 +36,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def die_with_parent(expected: int) -> None:
+    """End this worker when its hive ends, whatever kills the hive.
+
+    Linux: the kernel sends SIGTERM when the parent dies (PR_SET_PDEATHSIG).
+    Everywhere (macOS too): a watchdog thread notices the parent pid changed
+    (re-parented to init or a subreaper) and stops the worker gracefully,
+    then for good if that does not finish in time.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != expected:  # the hive died before we could ask
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(PARENT_POLL_S)
+        logging.getLogger("rbee").warning("the hive (pid %d) is gone: stopping", expected)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(PARENT_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if hive_pid := os.environ.get("RBEE_HIVE_PID"):
+        die_with_parent(int(hive_pid))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

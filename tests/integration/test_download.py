@@ -140,7 +140,7 @@ def test_a_download_cut_by_killing_the_hive_resumes(home: RbeeHome, hub: Hub, bi
     deadline = time.monotonic() + 30
     while not (part.exists() and part.stat().st_size > 3 * MB) and time.monotonic() < deadline:
         time.sleep(0.05)
-    hive_pid = int((home.data / "hive.pid").read_text().split()[0])
+    hive_pid = int(next(home.data.glob("hive-*.pid")).read_text().split()[0])
     os.kill(hive_pid, signal.SIGKILL)
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 1, err

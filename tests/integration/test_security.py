@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -183,3 +183,122 @@ def raw_get(port: int, path: str, *, host: str, body: bytes = b"", method: str =
         while chunk := s.recv(65536):
             out += chunk
     return out
+
+
+# ---------------------------------------------------- finding 3: orphan workers
+
+
+def alive(pid: int) -> bool:
+    try:
+        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+
+
+def wait_dead(pid: int, within: float = 60.0) -> bool:
+    deadline = time.monotonic() + within
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
+def test_3_workers_end_when_their_hive_is_killed(rbee_home: RbeeHome, tiny_model: Path) -> None:
+    rbee_home.local_node()
+    r = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--max-tokens", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    workers = json.loads(rbee_home.run("workers", "list", "--json").stdout)
+    assert len(workers) == 1
+    worker_pid = workers[0]["pid"]
+    status = rbee_home.run("hive", "status", "localhost").stdout
+    hive_pid = int(status.split(" pid ")[1].split()[0])
+    os.kill(hive_pid, signal.SIGKILL)
+    assert wait_dead(hive_pid)
+    assert wait_dead(worker_pid), "the worker outlived its killed hive"
+    stop = rbee_home.run("hive", "stop", "localhost")
+    assert stop.returncode == 0 and "was not running" in stop.stderr
+    # The next infer starts one fresh worker, and it is the only one.
+    r = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--max-tokens", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(rbee_home.run("workers", "list", "--json").stdout)) == 1
+    assert rbee_home.run("hive", "stop", "localhost").returncode == 0
+
+
+def test_3_hive_stop_reaps_workers_whose_hive_is_gone(rbee_home: RbeeHome, tiny_model: Path) -> None:
+    from rbee_fabric.keeper.registry import Registry, WorkerRecord
+
+    rbee_home.local_node()
+    wport = free_port()
+    env = {**rbee_home.env, "RBEE_API_KEY": rbee_home.api_key}
+    env.pop("RBEE_HIVE_PID", None)  # a worker of a hive that is gone (or an old version)
+    orphan = subprocess.Popen(
+        [sys.executable, "-m", "rbee_fabric.worker", "--worker-id", "w-orphan1234", "--model", str(tiny_model),
+         "--port", str(wport)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    # An unrelated process whose pid the registry also names (under another worker id).
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "rbee_fabric.worker"], env=rbee_home.env)
+    try:
+        wait_http(f"http://127.0.0.1:{wport}/v1/health", proc=orphan)  # type: ignore[arg-type]
+        registry = Registry(rbee_home.data / "registry.db")
+        for wid, pid in (("w-orphan1234", orphan.pid), ("w-other", bystander.pid)):
+            registry.add(WorkerRecord(
+                id=wid, node="localhost", model_ref="file:/x.gguf", backend="cpu", device=0,
+                url=f"http://127.0.0.1:{wport}", pid=pid, state="idle", last_health_at=time.time(),
+                created_at=time.time(),
+            ))  # fmt: skip
+        registry.close()
+        stop = rbee_home.run("hive", "stop", "localhost")
+        assert stop.returncode == 0, stop.stderr
+        assert "stopped 1 orphaned worker(s)" in stop.stderr
+        assert orphan.wait(timeout=30) is not None
+        assert bystander.poll() is None, "a process that is not that worker was signalled"
+        assert json.loads(rbee_home.run("workers", "list", "--json").stdout) == []
+    finally:
+        for p in (orphan, bystander):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+# ------------------------------------------------------- finding 4: pid files
+
+
+def test_4_stale_pid_file_never_signals_an_unrelated_process(rbee_home: RbeeHome) -> None:
+    port = rbee_home.local_node()
+    # Looks like a hive to a substring check, and sits in both the old and the new pid file.
+    victim = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", "rbee_fabric.hive", "--port", str(free_port())],
+        env=rbee_home.env,
+    )
+    try:
+        rbee_home.data.mkdir(parents=True, exist_ok=True)
+        (rbee_home.data / "hive.pid").write_text(f"{victim.pid}\n{port}\n")
+        (rbee_home.data / f"hive-{port}.pid").write_text(f"{victim.pid}\n{port}\n{time.time() - 1000}\n{rbee_home.data}\n")
+        r = rbee_home.run("hive", "stop", "localhost")
+        assert r.returncode == 0, r.stderr
+        assert "was not running" in r.stderr
+        time.sleep(0.5)  # a signal would have landed by now (not a speed assertion)
+        assert victim.poll() is None, "hive stop signalled a process that is not the hive"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_4_two_hives_in_one_data_dir_stop_independently(rbee_home: RbeeHome) -> None:
+    a, b = free_port(), free_port()
+    Path(rbee_home.env["RBEE_INVENTORY"]).write_text(
+        f'[nodes.localhost]\nhostname = "127.0.0.1"\nlocal = true\nhive_port = {a}\n'
+        f'[nodes.second]\nhostname = "127.0.0.1"\nlocal = true\nhive_port = {b}\n'
+    )
+    try:
+        for node in ("localhost", "second"):
+            r = rbee_home.run("hive", "start", node)
+            assert r.returncode == 0, r.stderr
+        r = rbee_home.run("hive", "stop", "localhost")
+        assert r.returncode == 0 and "stopped" in r.stderr and "not running" not in r.stderr, r.stderr
+        assert httpx.get(f"http://127.0.0.1:{b}/v1/health").status_code == 200, "stopping one hive hit the other"
+        assert "running" in rbee_home.run("hive", "status", "second").stdout
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{a}/v1/health")
+    finally:
+        rbee_home.run("hive", "stop", "localhost")
+        rbee_home.run("hive", "stop", "second")
