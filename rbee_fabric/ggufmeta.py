@@ -20,6 +20,8 @@ _SCALARS = {
     6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
 }  # fmt: skip
 _STRING, _ARRAY = 8, 9
+MAX_ARRAY = 1 << 26  # items in any header array (vocabularies are ~10**5 to 10**6)
+MAX_KEPT_ARRAY = 1 << 20  # items in an array the reader keeps in memory
 
 # llama_ftype values from llama.h
 FILE_TYPES = {
@@ -82,11 +84,18 @@ def _read_value(fh: IO[bytes], vtype: int, keep: bool) -> Any:
         return _read_str(fh)
     if vtype == _ARRAY:
         itype, count = _read(fh, "<I"), _read(fh, "<Q")
+        # Bounded: a forged count (say 2**40 over a sparse file) must not make
+        # the reader allocate or loop without end.
+        if count > (MAX_KEPT_ARRAY if keep else MAX_ARRAY):
+            raise GGUFError(f"implausible array length {count}")
         if itype in _SCALARS and not keep:
             fh.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
             return None
-        items = [_read_value(fh, itype, keep) for _ in range(count)]
-        return items if keep else None
+        if not keep:
+            for _ in range(count):
+                _read_value(fh, itype, keep)
+            return None
+        return [_read_value(fh, itype, keep) for _ in range(count)]
     raise GGUFError(f"unknown GGUF value type {vtype}")
 
 

@@ -129,11 +129,18 @@ def _hub_error(exc: Exception, ref: ModelRef) -> Exception:
 Progress = Callable[[int, int, float], Awaitable[None]]
 
 
-async def fetch(f: HubFile, part: Path, progress: Progress) -> int:
+class TooLarge(Exception):
+    """The server sent more than the download may hold."""
+
+
+async def fetch(f: HubFile, part: Path, progress: Progress, limit: int | None = None) -> int:
     """Download into `part`, resuming what is there; returns the bytes resumed from.
 
     Up to ATTEMPTS tries with exponential backoff; an HTTP 4xx is final.
+    The file never grows past the announced size, nor past `limit` bytes
+    (the bound for a file whose size the hub did not announce): TooLarge.
     """
+    cap = f.size or limit
     resumed_from = part.stat().st_size if part.exists() else 0
     last_error = ""
     timeout = httpx.Timeout(10.0, read=_read_timeout_s())
@@ -154,7 +161,7 @@ async def fetch(f: HubFile, part: Path, progress: Progress) -> int:
                         raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
                     if r.status_code == 200 and have:
                         have = 0  # the server ignored the Range: start over
-                    await _write(r, part, have, f.size, progress)
+                    await _write(r, part, have, f.size, progress, cap)
                 if not f.size or part.stat().st_size >= f.size:
                     return resumed_from
                 last_error = "the connection ended before the whole file arrived"
@@ -169,13 +176,17 @@ async def fetch(f: HubFile, part: Path, progress: Progress) -> int:
     )
 
 
-async def _write(r: httpx.Response, part: Path, have: int, total: int, progress: Progress) -> None:
+async def _write(
+    r: httpx.Response, part: Path, have: int, total: int, progress: Progress, cap: int | None
+) -> None:
     started, done = time.monotonic(), have
     last_report = 0.0
     with open(part, "r+b" if have else "wb") as fh:
         fh.seek(have)
         fh.truncate()
         async for chunk in r.aiter_bytes(1 << 16):
+            if cap is not None and done + len(chunk) > cap:
+                raise TooLarge(done + len(chunk))
             fh.write(chunk)
             done += len(chunk)
             now = time.monotonic()

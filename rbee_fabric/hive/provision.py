@@ -235,7 +235,25 @@ class Provisioner:
         async def progress(done: int, total: int, rate: float) -> None:
             await job.update(bytes_done=done, bytes_total=total or None, bytes_per_second=rate)
 
-        await hub.fetch(f, part, progress)
+        # Without a size from the hub, the free-disk rule bounds the file instead.
+        limit = None if f.size else have + int(disk_free_mb(target_dir) * UNSIZED_SHARE) * 2**20
+        try:
+            await hub.fetch(f, part, progress, limit)
+        except hub.TooLarge as exc:
+            part.unlink(missing_ok=True)
+            if f.size:
+                raise DownloadFailed(
+                    f"the hub sent more than the {f.size} bytes it announced for {f.filename}",
+                    hint="the partial file was deleted; pull again, or check HF_ENDPOINT",
+                    details={"announced": f.size, "received_at_least": exc.args[0]},
+                ) from None
+            raise InsufficientDisk(
+                f"the hub announced no size for {f.filename} and it grew past the "
+                f"{(limit or 0) // 2**20} MB that the free space in {target_dir} allows",
+                hint="the partial file was deleted; free disk space on the node, or check "
+                "that HF_ENDPOINT is the real hub",
+                details={"limit_bytes": limit, "directory": str(target_dir)},
+            ) from None
         yield None
         await job.update(stage="verifying")
         digest = await asyncio.to_thread(sha256_file, part)
@@ -254,6 +272,9 @@ class Provisioner:
         os.replace(part, target)
         info = await asyncio.to_thread(self.catalog.register, ref.canonical, target, digest)
         await job.update(stage="done", model=info)
+
+
+UNSIZED_SHARE = 0.9  # an unsized download may take this share of the free space
 
 
 def check_disk(directory: Path, needed_bytes: int) -> None:

@@ -302,3 +302,105 @@ def test_4_two_hives_in_one_data_dir_stop_independently(rbee_home: RbeeHome) -> 
     finally:
         rbee_home.run("hive", "stop", "localhost")
         rbee_home.run("hive", "stop", "second")
+
+
+# ----------------------------------------------------------- finding 7: limits
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def chunked_post(port: int, path: str, key: str, total: int) -> bytes:
+    """POST `total` bytes of JSON-ish body, chunked (no Content-Length to trust)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+        )
+        block = b'{"prompt": "' + b"a" * (1 << 20)
+        sent = 0
+        with contextlib.suppress(OSError):  # the server may answer and close early
+            while sent < total:
+                s.sendall(f"{len(block):x}\r\n".encode() + block + b"\r\n")
+                sent += len(block)
+            s.sendall(b"0\r\n\r\n")
+        out = b""
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                out += chunk
+    return out
+
+
+def test_7_huge_bodies_are_refused_by_both_daemons(rbee_home: RbeeHome, tiny_model: Path) -> None:
+    hive = start_hive(rbee_home)
+    wport = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "rbee_fabric.worker", "--worker-id", "w-big", "--model", str(tiny_model),
+         "--port", str(wport)],
+        env={**rbee_home.env, "RBEE_API_KEY": hive.api_key, "RBEE_WORKER_ENGINE": "scripted"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{wport}/v1/health", proc=worker)  # type: ignore[arg-type]
+        for pid, port, path in ((worker.pid, wport, "/v1/inference"), (hive.proc.pid, hive.port, "/v1/workers/spawn")):
+            before = rss_mb(pid)
+            answer = chunked_post(port, path, hive.api_key, 200 << 20)
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            assert b"REQUEST_TOO_LARGE" in answer
+            assert rss_mb(pid) - before < 100, "the daemon buffered the huge body"
+            # A lying Content-Length is refused before any body is read.
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {hive.api_key}\r\n"
+                          f"Content-Length: {1 << 30}\r\n\r\n{{}}".encode())  # fmt: skip
+                head = b""
+                while b"}}" not in head and (chunk := s.recv(65536)):
+                    head += chunk
+            assert head.startswith(b"HTTP/1.1 413") and b"REQUEST_TOO_LARGE" in head, head[:300]
+        # Ordinary requests still work.
+        assert httpx.get(f"{hive.url}/v1/workers", headers=hive.headers).status_code == 200
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        stop_hive(hive)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MB filesystem for the rbee data directory (we are root)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_7_download_without_hub_size_is_bounded_by_free_disk(rbee_home: RbeeHome, tmp_path: Path, small_disk: Path) -> None:
+    from tests.support.hubserver import Hub
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "tiny.Q4_K_M.gguf", seed=5)
+    with open(model, "ab") as fh:  # a GGUF header followed by 50 MB of garbage
+        fh.write(os.urandom(50 << 20))
+    hub = Hub().start()
+    hub.add("org/nometa-GGUF", "tiny.Q4_K_M.gguf", model, no_meta=True)
+    env = {"RBEE_DATA_DIR": str(small_disk / "rbee"), "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    rbee_home.env.update(env)
+    rbee_home.local_node()
+    try:
+        r = rbee_home.run("models", "pull", "hf:org/nometa-GGUF")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "INSUFFICIENT_DISK" in r.stderr and "announced no size" in r.stderr
+        assert "free disk space" in r.stderr
+        models = small_disk / "rbee" / "models"
+        assert [p for p in models.rglob("*") if p.is_file()] == [], "a partial file was kept"
+        listed = rbee_home.run("models", "list", "--json")
+        assert json.loads(listed.stdout) == []
+    finally:
+        rbee_home.run("hive", "stop", "localhost")
+        hub.stop()

@@ -31,6 +31,7 @@ class HubFile:
     stall_at: int | None = None
     stall_s: float = 60.0
     wrong_sha: bool = False
+    no_meta: bool = False  # the repo metadata gives neither size nor sha256
     rate: int | None = None  # bytes per second, to make progress visible
     served: list[tuple[int, int]] = field(default_factory=list)  # (start, bytes sent) per GET
 
@@ -109,6 +110,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 if (repo := self._repo(m.group(1))) is None:
                     return
                 siblings = [
+                    {"rfilename": n} if f.no_meta else
                     {"rfilename": n, "size": f.path.stat().st_size,
                      "lfs": {"sha256": f.sha256, "size": f.path.stat().st_size, "pointerSize": 134}}
                     for n, f in repo.files.items()
