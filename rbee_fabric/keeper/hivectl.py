@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rbee_fabric import __version__
-from rbee_fabric.errors import ConnectionTimeout, RbeeError, VersionMismatch
+from rbee_fabric.errors import (
+    ConnectionTimeout,
+    ForeignListener,
+    InvalidApiKey,
+    RbeeError,
+    VersionMismatch,
+)
 from rbee_fabric.keeper.client import HiveClient, Unreachable, WorkerClient
 from rbee_fabric.keeper.transport import Transport, wait_gone
 from rbee_fabric.schemas import HiveHealth
@@ -46,6 +52,22 @@ def check_version(health: HiveHealth, node: str) -> None:
         )
 
 
+async def _health(t: Transport, hive: HiveClient, timeout: float) -> HiveHealth:
+    """The hive's proven health; our own hive holding another key is INVALID_API_KEY."""
+    try:
+        return await hive.health(timeout=timeout)
+    except ForeignListener as exc:
+        if "owner" in exc.details or (pid := await t.hive_pid()) is None:
+            raise
+        raise InvalidApiKey(
+            f"{t.node.name} refused the API key: its rbee-hive (pid {pid}) holds a "
+            f"different key than {t.key_location()} (the key was not sent)",
+            hint=f"the key file changed after the hive started; restart it: "
+            f"rbee hive stop {t.node.name} && rbee hive start {t.node.name}",
+            details={"node": t.node.name, "key_file": t.key_location(), "pid": pid},
+        ) from None
+
+
 async def ensure_hive(
     t: Transport,
     hive: HiveClient,
@@ -60,7 +82,7 @@ async def ensure_hive(
     last = ""
     for n in range(1, attempts + 1):
         try:
-            health = await hive.health(timeout=3.0)
+            health = await _health(t, hive, 3.0)
             break
         except Unreachable as exc:
             last = exc.message
@@ -90,7 +112,7 @@ async def _start_and_wait(
     last = ""
     while time.monotonic() < deadline:
         try:
-            return await hive.health(timeout=2.0)
+            return await _health(t, hive, 2.0)
         except Unreachable as exc:
             last = exc.message
         if await t.hive_start_failed():
@@ -121,7 +143,7 @@ async def status(t: Transport) -> HiveStatus:
     try:
         pid = await t.hive_pid()
         try:
-            health = await hive.health(timeout=3.0)
+            health = await _health(t, hive, 3.0)
         except Unreachable as exc:
             return HiveStatus(False, pid, address, error=exc.message)
         workers: int | None = None
