@@ -65,10 +65,28 @@ def _options(node: Node) -> asyncssh.SSHClientConnectionOptions:
 
 
 def known_hosts_files(node: Node) -> list[str]:
-    """The known_hosts files that apply to node (from the SSH config, else the default)."""
+    """The known_hosts files that apply to node (from the SSH config, else the default).
+
+    HostKeyUnknown when the SSH config turns checking off (`UserKnownHostsFile
+    none`): asyncssh would then accept any key, and rbee never connects so.
+    """
     opts = _options(node)
+    if opts.known_hosts is None:
+        raise HostKeyUnknown(
+            f"the SSH config disables host-key checking for {node.name} "
+            "(UserKnownHostsFile none); rbee does not connect without checking the host key",
+            hint=f"remove `UserKnownHostsFile none` for {check_name(node)} from your SSH config "
+            f"(or name a file), then run: rbee nodes trust {node.name}",
+            details={"node": node.name},
+        )
     files = opts.known_hosts if isinstance(opts.known_hosts, list) else []
     return [str(f) for f in files] or [str(Path.home() / ".ssh" / "known_hosts")]
+
+
+def check_name(node: Node) -> str:
+    """The name asyncssh checks in known_hosts: HostKeyAlias, else HostName, else the host."""
+    opts = _options(node)
+    return str(opts.host_key_alias or opts.host or node.hostname)
 
 
 def _host_pattern(host: str, port: int) -> str:
@@ -77,14 +95,15 @@ def _host_pattern(host: str, port: int) -> str:
 
 def _known_keys(node: Node, port: int) -> list[asyncssh.SSHKey]:
     keys: list[asyncssh.SSHKey] = []
+    name = check_name(node)
     for f in known_hosts_files(node):
         if not Path(f).expanduser().exists():
             continue
         try:
             known = asyncssh.read_known_hosts(str(Path(f).expanduser()))
+            trusted = known.match(name, _address(name), port)[0]
         except (OSError, ValueError):
             continue
-        trusted = known.match(node.hostname, _address(node.hostname), port)[0]
         keys.extend(trusted)
     return keys
 
@@ -124,12 +143,27 @@ class SshTransport:
         n = self.node
         recorder = _KeyRecorder()
         where = f"{n.user + '@' if n.user else ''}{n.hostname}:{self.port}"
+        opts = _options(n)
+        known_hosts_files(n)  # refuses a config that turns checking off
         try:
+            # config again: asyncssh opens a ProxyJump connection with the connect()
+            # call's config only, not with the one inside options.
             return await asyncssh.connect(
-                n.hostname, options=_options(n), client_factory=lambda: recorder
+                n.hostname, options=opts, config=ssh_config_files(), client_factory=lambda: recorder
             )
-        except asyncssh.HostKeyNotVerifiable:
+        except asyncssh.HostKeyNotVerifiable as exc:
             key = recorder.presented
+            jump = getattr(opts, "tunnel", None)
+            if key is None and isinstance(jump, str) and jump:
+                # Our client never saw a key: the check that failed was the jump host's.
+                raise HostKeyUnknown(
+                    f"the host key of the jump host {jump} (ProxyJump for {n.name}) could not "
+                    f"be verified: {exc.reason}; rbee did not connect",
+                    hint=f"check the jump host's key: connect once with `ssh {jump}`, compare "
+                    "the fingerprint it shows with the jump host's real key, and accept it "
+                    f"(its entry belongs in known_hosts; {n.name}'s own entry is not at fault)",
+                    details={"node": n.name, "jump_host": jump},
+                ) from None
             fingerprint = key.get_fingerprint() if key else "unknown"
             if _known_keys(n, self.port):
                 raise HostKeyChanged(
@@ -137,7 +171,7 @@ class SshTransport:
                     f"{fingerprint}, which is not the key in known_hosts. Someone may be "
                     "intercepting the connection, or the node was reinstalled.",
                     hint="if you know why it changed, remove the old key with "
-                    f"`ssh-keygen -R '{_host_pattern(n.hostname, self.port)}'` "
+                    f"`ssh-keygen -R '{_host_pattern(check_name(n), self.port)}'` "
                     f"(file: {known_hosts_files(n)[0]}), then run `rbee nodes trust {n.name}`",
                     details={"node": n.name, "fingerprint": fingerprint},
                 ) from None
@@ -407,11 +441,11 @@ def trust(node: Node, key: asyncssh.SSHKey) -> tuple[str, bool]:
     if known:
         raise HostKeyChanged(
             f"{node.name} already has a different key in known_hosts; not replacing it",
-            hint=f"remove the old key first: ssh-keygen -R '{_host_pattern(node.hostname, port)}' -f {path}",
+            hint=f"remove the old key first: ssh-keygen -R '{_host_pattern(check_name(node), port)}' -f {path}",
             details={"node": node.name, "fingerprint": key.get_fingerprint()},
         )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    line = f"{_host_pattern(node.hostname, port)} {key.export_public_key('openssh').decode().strip()}\n"
+    line = f"{_host_pattern(check_name(node), port)} {key.export_public_key('openssh').decode().strip()}\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
     return str(path), True
