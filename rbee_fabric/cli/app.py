@@ -49,6 +49,7 @@ def _root(
 ) -> None:
     G.inventory = inventory
     G.debug = debug or os.environ.get("RBEE_DEBUG", "") not in ("", "0")
+    os.umask(0o077)  # the registry, logs and keys rbee writes are the user's alone
 
 
 def _run(coro: Any) -> Any:

@@ -215,10 +215,14 @@ class SshTransport:
     async def run_shell(
         self, command: str, *, check: bool = True, timeout: float = 120.0, stdin: str | None = None
     ) -> RemoteResult:
-        """Run a shell line the caller built with shlex.quote for every argument."""
+        """Run a shell line the caller built with shlex.quote for every argument.
+
+        Under `umask 077`: whatever rbee creates on a node (logs, catalog,
+        venv, models) is private to the node's rbee user.
+        """
         conn = await self.connection()
         try:
-            r = await conn.run(command, check=False, timeout=timeout, input=stdin)
+            r = await conn.run(f"umask 077; {command}", check=False, timeout=timeout, input=stdin)
         except asyncssh.TimeoutError as exc:
             raise RemoteCommandFailed(
                 f"{command!r} on {self.node.name} did not finish within {timeout:.0f} s",

@@ -114,7 +114,8 @@ class LocalTransport:
         cmd = [sys.executable, "-m", "rbee_fabric.hive", "--port", str(self.node.hive_port)]
         if idle_timeout is not None:
             cmd += ["--idle-timeout", str(idle_timeout)]
-        with open(paths.hive_log_file(), "ab") as log:
+        fd = os.open(paths.hive_log_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as log:
             self._started = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,

@@ -67,6 +67,7 @@ def die_with_parent(expected: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.umask(0o077)
     if hive_pid := os.environ.get("RBEE_HIVE_PID"):
         die_with_parent(int(hive_pid))
     logging.basicConfig(

@@ -80,3 +80,29 @@ def test_5_proxyjump_host_with_unknown_key_is_named_as_the_jump_host(lab_home: R
     ok = lab_home.run("hive", "status", "target", env=env)
     assert "HOST_KEY" not in ok.stderr, ok.stderr
     assert "stopped" in ok.stdout
+
+
+def test_6_everything_rbee_creates_on_a_node_is_private(lab_home: RbeeHome) -> None:
+    """Every command the keeper runs on a node runs under umask 077."""
+    import asyncio
+    import os
+
+    from rbee_fabric.keeper import inventory
+    from rbee_fabric.keeper.ssh import SshTransport
+
+    n6 = lab_mod.node(6)
+    node = inventory.load(lab_home.env["RBEE_INVENTORY"]).resolve("labnode6")
+
+    async def main() -> str:
+        t = SshTransport(node)
+        try:
+            await t.run(["sh", "-c", "rm -rf rbee-umask && mkdir -p rbee-umask/logs && echo x > rbee-umask/logs/a.log"])
+            return (await t.run(["stat", "-c", "%a %n", "rbee-umask", "rbee-umask/logs", "rbee-umask/logs/a.log"])).stdout
+        finally:
+            await t.close()
+
+    os.environ.update(lab_home.env)  # the lab's SSH config, for this process
+    modes = asyncio.run(main()).split("\n")
+    assert modes[:3] == ["700 rbee-umask", "700 rbee-umask/logs", "600 rbee-umask/logs/a.log"], modes
+    home_files = Path(n6.home) / "rbee-umask" / "logs" / "a.log"
+    assert home_files.stat().st_mode & 0o077 == 0

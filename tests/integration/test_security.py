@@ -404,3 +404,22 @@ def test_7_download_without_hub_size_is_bounded_by_free_disk(rbee_home: RbeeHome
     finally:
         rbee_home.run("hive", "stop", "localhost")
         hub.stop()
+
+
+# ------------------------------------------------ finding 6: private node files
+
+
+def test_6_files_the_hive_and_workers_create_are_private(rbee_home: RbeeHome, tiny_model: Path) -> None:
+    rbee_home.local_node()
+    old = os.umask(0o022)  # a typical login umask: files 0644 unless rbee says otherwise
+    try:
+        r = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--prompt", "a private prompt", "--max-tokens", "2")
+        assert r.returncode == 0, r.stderr
+        made = [p for p in rbee_home.data.rglob("*")]
+        names = {p.name for p in made}
+        assert "hive.log" in names and "catalog.db" in names and any(n.startswith("worker-") for n in names)
+        readable = [f"{p} {oct(p.stat().st_mode & 0o777)}" for p in made if p.stat().st_mode & 0o077]
+        assert readable == [], "readable by other users: " + ", ".join(readable)
+    finally:
+        os.umask(old)
+        rbee_home.run("hive", "stop", "localhost")

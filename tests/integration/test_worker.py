@@ -66,7 +66,7 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict | str]:
 
 
 def test_health_is_open_everything_else_needs_the_key(worker: Worker) -> None:
-    assert httpx.get(f"{worker.url}/v1/health").json() == {"status": "ok"}
+    assert httpx.get(f"{worker.url}/v1/health").json() == {"status": "ok", "version": "0.1.0"}
     r = httpx.get(f"{worker.url}/v1/ready")
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "INVALID_API_KEY"
