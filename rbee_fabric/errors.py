@@ -302,6 +302,27 @@ _BY_CODE: dict[str, type[RbeeError]] = {
 }
 
 
+_DISK_WORDS = ("disk i/o error", "database or disk is full", "no space left on device")
+
+
+def disk_error(exc: BaseException, where: str = "the rbee data directory") -> DiskError | None:
+    """A DiskError for a full or failing disk (SQLite or OS error), else None."""
+    import errno
+
+    text = str(exc).lower()
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+        pass
+    elif type(exc).__name__ not in ("OperationalError", "DatabaseError") or not any(
+        w in text for w in _DISK_WORDS
+    ):
+        return None
+    return DiskError(
+        f"cannot write to {where}: {exc}",
+        hint=f"the disk of {where} is full or failing: free space there (df -h), then retry",
+        details={"where": where, "reason": str(exc)},
+    )
+
+
 def error_class(code: str) -> type[RbeeError]:
     """The error class for a wire code (unknown codes become InternalError)."""
     return _BY_CODE.get(code, InternalError)

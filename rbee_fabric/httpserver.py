@@ -18,7 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rbee_fabric import proof
-from rbee_fabric.errors import InvalidApiKey, RbeeError, RequestTooLarge, UsageError
+from rbee_fabric.errors import (
+    InvalidApiKey,
+    RbeeError,
+    RequestTooLarge,
+    UsageError,
+    disk_error,
+)
 
 log = logging.getLogger("rbee")
 
@@ -56,6 +62,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if (disk := disk_error(exc, "the node's rbee data directory")) is not None:
+            log.error("%s", disk.message)
+            return error_response(disk)
         log.exception("unhandled error")
         body = {"error": {"code": "INTERNAL_ERROR", "message": repr(exc), "details": {}}}
         return JSONResponse(body, status_code=500)

@@ -52,13 +52,26 @@ def ensure_dir(path: Path) -> Path:
 
 
 def read_api_key(path: Path | None = None) -> str | None:
-    """The node API key, or None when the file does not exist."""
+    """The node API key, or None when the file does not exist.
+
+    ConfigError when the file exists but holds no key (emptied or truncated):
+    a new key is never invented over it, since the hive may still hold the old one.
+    """
     path = path or api_key_file()
     try:
         key = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    return key or None
+    if not key:
+        from rbee_fabric.errors import ConfigError
+
+        raise ConfigError(
+            f"the API key file {path} is empty",
+            hint=f"delete it (rm {path}) so rbee creates a new key, then restart the hive "
+            "(rbee hive stop localhost; the next command starts it with the new key)",
+            details={"key_file": str(path)},
+        )
+    return key
 
 
 def ensure_api_key(path: Path | None = None) -> str:
@@ -80,5 +93,6 @@ def ensure_api_key(path: Path | None = None) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     key_read = read_api_key(path)
-    assert key_read is not None
+    if key_read is None:  # removed again between our link and our read
+        return ensure_api_key(path)
     return key_read

@@ -247,15 +247,16 @@ def hive_logs(
     lines: Annotated[int, typer.Option("--lines", "-l", min=1)] = 50,
 ) -> None:
     """Print the hive log of NODE."""
+    from rbee_fabric.cli.ui import sanitize
     from rbee_fabric.keeper.session import node_transport
 
     async def main() -> None:
         async with node_transport(node, G.inventory) as t:
             for line in await t.log_tail(lines):
-                print(line, flush=True)
+                print(sanitize(line), flush=True)
             if follow:
                 async for line in t.log_follow():
-                    print(line, flush=True)
+                    print(sanitize(line), flush=True)
 
     _run(main())
 
@@ -312,8 +313,10 @@ def workers_list(
     table = Table()
     for col in ("node", "id", "model", "state", "url", "pid"):
         table.add_column(col)
+    from rbee_fabric.cli.ui import safe
+
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("node", "id", "model", "state", "url", "pid")))
+        table.add_row(*(safe(r[c]) for c in ("node", "id", "model", "state", "url", "pid")))
     Console().print(table)
 
 
@@ -419,9 +422,11 @@ def models_list(node: NodeOpt = "localhost", as_json: Annotated[bool, typer.Opti
     table = Table()
     for col in ("id", "reference", "file", "size", "quant", "added"):
         table.add_column(col)
+    from rbee_fabric.cli.ui import safe
+
     for m in models:
-        table.add_row(m.id, m.reference, m.path, f"{m.size_bytes / 2**20:.1f} MB",
-                      m.quantization or "?", m.added_at)  # fmt: skip
+        table.add_row(safe(m.id), safe(m.reference), safe(m.path), f"{m.size_bytes / 2**20:.1f} MB",
+                      safe(m.quantization or "?"), safe(m.added_at))  # fmt: skip
     Console().print(table)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,7 +23,13 @@ from rich.progress import (
 )
 
 from rbee_fabric import paths
-from rbee_fabric.errors import EXIT_CANCELED, EXIT_RUNTIME, RbeeError, RequestCanceled
+from rbee_fabric.errors import (
+    EXIT_CANCELED,
+    EXIT_RUNTIME,
+    RbeeError,
+    RequestCanceled,
+    disk_error,
+)
 
 if TYPE_CHECKING:
     from rbee_fabric.schemas import DownloadProgress, LoadingProgress
@@ -29,6 +37,20 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# C0 controls but tab and newline, DEL and the C1 controls (ESC, CSI, OSC...):
+# text from daemons, logs and models never drives the user's terminal.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def sanitize(text: object) -> str:
+    """Text from elsewhere, made inert for a terminal (escape sequences shown, not run)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def safe(text: object) -> str:
+    """Remote text for a rich print: sanitized, and its [markup] shown literally."""
+    return escape(sanitize(text))
 
 
 class TerminalReporter:
@@ -63,14 +85,14 @@ class TerminalReporter:
 
     def info(self, msg: str) -> None:
         self.close_bar()
-        err.print(f"[dim]{msg}[/dim]")
+        err.print(f"[dim]{safe(msg)}[/dim]")
 
     def attempt(self, n: int, total: int, address: str, error: str) -> None:
         self.close_bar()
-        err.print(f"[yellow]attempt {n}/{total}[/yellow] {address}: {error}")
+        err.print(f"[yellow]attempt {n}/{total}[/yellow] {safe(address)}: {safe(error)}")
 
     def download(self, p: DownloadProgress) -> None:
-        name = p.filename or "model"
+        name = safe(p.filename or "model")
         if p.stage == "downloading":
             if p.resumed_from and self._kind != "download":
                 err.print(f"[dim]resuming {name} at {p.resumed_from / 2**20:.1f} MB[/dim]")
@@ -83,7 +105,7 @@ class TerminalReporter:
             err.print(f"[dim]verifying {name} (sha256)[/dim]")
 
     def transfer(self, name: str, done: int, total: int) -> None:
-        bar = self._bar("download", f"copying {name}", total)
+        bar = self._bar("download", f"copying {safe(name)}", total)
         assert self._task is not None
         bar.update(self._task, completed=done, total=total)
         if done >= total:
@@ -100,18 +122,18 @@ class TerminalReporter:
         self.close_bar()
         self.tokens.append(text)
         if not self.quiet_tokens:
-            sys.stdout.write(text)
+            sys.stdout.write(sanitize(text))
             sys.stdout.flush()
 
 
 def fail(error: RbeeError) -> NoReturn:
     """Print an RbeeError as the user sees it and exit with its code."""
     if isinstance(error, RequestCanceled):
-        err.print(error.message, markup=False)
+        err.print(sanitize(error.message), markup=False)
         raise SystemExit(error.exit_code)
-    err.print(f"[bold red]error[/bold red] [red]{error.code}[/red]: {error.message}", markup=True)
+    err.print(f"[bold red]error[/bold red] [red]{safe(error.code)}[/red]: {safe(error.message)}")
     if error.hint:
-        err.print(f"Suggestion: {error.hint}", markup=False)
+        err.print(f"Suggestion: {sanitize(error.hint)}", markup=False)
     raise SystemExit(error.exit_code)
 
 
@@ -127,14 +149,16 @@ def run(coro: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
         err.print("Canceled.")
         raise SystemExit(EXIT_CANCELED) from None
     except Exception as exc:  # a bug: one line for the user, the traceback in a log
+        if (disk := disk_error(exc, str(paths.data_dir()))) is not None:
+            fail(disk)
         if debug:
             traceback.print_exc()
             raise SystemExit(EXIT_RUNTIME) from None
         log_path = paths.ensure_dir(paths.logs_dir()) / "keeper.log"
         logging.basicConfig(filename=log_path, level=logging.ERROR)
         logging.getLogger("rbee").exception("unexpected error")
-        err.print(f"[bold red]error[/bold red] INTERNAL_ERROR: {type(exc).__name__}: {exc}")
-        err.print(f"Suggestion: run again with --debug; the traceback is in {log_path}")
+        err.print(f"[bold red]error[/bold red] INTERNAL_ERROR: {type(exc).__name__}: {safe(exc)}")
+        err.print(f"Suggestion: run again with --debug; the traceback is in {log_path}", markup=False)
         raise SystemExit(EXIT_RUNTIME) from None
 
 

@@ -41,11 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from rbee_fabric.errors import RbeeError
     from rbee_fabric.hive.app import HiveSettings, create_app
     from rbee_fabric.httpserver import bind_socket, serve
 
     data = paths.ensure_dir(paths.data_dir())
-    api_key = paths.ensure_api_key()
+    try:
+        api_key = paths.ensure_api_key()
+    except RbeeError as exc:
+        print(f"rbee-hive: {exc}; {exc.hint}", file=sys.stderr)
+        return 2
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from rbee_fabric import __version__, proof, sse
 from rbee_fabric.errors import (
+    ConfigError,
     ConnectionTimeout,
     ForeignListener,
     InvalidApiKey,
@@ -123,7 +124,13 @@ class Endpoint:
         )
 
     async def _headers(self) -> dict[str, str]:
-        if self._auth is None and self._key is not None:
+        if self._key is None:
+            raise ConfigError(
+                f"no API key for {self.node}: {self.key_file} is missing or empty",
+                hint=f"reinstall the node's key: rbee nodes install {self.node}",
+                details={"node": self.node, "key_file": self.key_file},
+            )
+        if self._auth is None:
             await self.prove()
         return self._auth or {}
 

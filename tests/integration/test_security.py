@@ -423,3 +423,53 @@ def test_6_files_the_hive_and_workers_create_are_private(rbee_home: RbeeHome, ti
     finally:
         os.umask(old)
         rbee_home.run("hive", "stop", "localhost")
+
+
+# ------------------------------------------------------- finding 8: small ones
+
+
+def test_8_empty_api_key_file_is_a_clear_config_error(rbee_home: RbeeHome) -> None:
+    rbee_home.local_node()
+    rbee_home.config.mkdir(parents=True, exist_ok=True)
+    (rbee_home.config / "api_key").write_text("\n")
+    for args in (("hive", "status", "localhost"), ("infer", "--model", "gemma3-270m", "--prompt", "x")):
+        r = rbee_home.run(*args)
+        assert r.returncode == 2, r.stderr
+        assert "CONFIG_INVALID" in r.stderr and "is empty" in r.stderr
+        assert "INTERNAL_ERROR" not in r.stderr and "AssertionError" not in r.stderr
+        assert f"rm {rbee_home.config / 'api_key'}" in r.stderr
+    assert (rbee_home.config / "api_key").read_text() == "\n"  # nothing was overwritten
+
+
+def test_8_full_data_disk_is_disk_error_with_a_suggestion(rbee_home: RbeeHome, small_disk: Path, tiny_model: Path) -> None:
+    data = small_disk / "rbee"
+    data.mkdir()
+    rbee_home.env["RBEE_DATA_DIR"] = str(data)
+    rbee_home.local_node()
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * (1 << 20))
+            fh.flush()
+    try:
+        r = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--max-tokens", "2")
+        assert r.returncode == 1, r.stderr
+        assert "DISK_ERROR" in r.stderr and "INTERNAL_ERROR" not in r.stderr, r.stderr
+        assert "Suggestion: " in r.stderr and "free space" in r.stderr
+    finally:
+        filler.unlink()
+        rbee_home.run("hive", "stop", "localhost")
+
+
+def test_8_escape_sequences_and_markup_from_elsewhere_never_reach_the_terminal(rbee_home: RbeeHome) -> None:
+    rbee_home.local_node()
+    evil = "/nonexistent/\x1b]0;pwned\x07\x1b[2J[blink]x[/blink][/].gguf"
+    try:
+        r = rbee_home.run("infer", "--model", f"file:{evil}", "--prompt", "x")
+        assert r.returncode != 0
+        assert "\x1b" not in r.stderr and "\x07" not in r.stderr, repr(r.stderr)
+        assert "[blink]x[/blink][/]" in r.stderr  # shown literally, not interpreted (nor a crash)
+        assert "\\x1b]0;pwned" in r.stderr  # made visible instead
+        assert "MarkupError" not in r.stderr and "INTERNAL_ERROR" not in r.stderr
+    finally:
+        rbee_home.run("hive", "stop", "localhost")
