@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from rbee_fabric import proof
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
 
@@ -86,10 +87,8 @@ class Supervisor:
         self.s = settings
         self.workers: dict[str, _Worker] = {}
         self.exited: OrderedDict[str, dict[str, object]] = OrderedDict()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(5.0, connect=2.0),
-            headers={"Authorization": f"Bearer {settings.api_key}"},
-        )
+        # No default key: it goes only to a worker that proved it holds it (_keyed).
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
         self._reaper: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[bool]] = set()
 
@@ -199,7 +198,8 @@ class Supervisor:
         w.info = w.info.model_copy(update={"state": "stopping"})
         log.info("stopping worker %s (%s)", wid, reason)
         with contextlib.suppress(httpx.HTTPError):
-            await self._client.post(f"{w.info.url}/v1/admin/shutdown", timeout=2.0)
+            if headers := await self._keyed(w.info.url):
+                await self._client.post(f"{w.info.url}/v1/admin/shutdown", timeout=2.0, headers=headers)
         if not await self._wait_exit(w, STOP_GRACE_S):
             self._signal(w, signal.SIGTERM)
             if not await self._wait_exit(w, KILL_GRACE_S):
@@ -215,6 +215,19 @@ class Supervisor:
         except TimeoutError:
             return False
         return True
+
+    async def _keyed(self, url: str) -> dict[str, str]:
+        """The key header for url, or {} when its listener cannot prove it holds the key."""
+        nonce = proof.new_nonce()
+        try:
+            r = await self._client.get(f"{url}/v1/health", params={"nonce": nonce}, timeout=2.0)
+            given = r.json().get("proof")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+        if not proof.check(self.s.api_key, nonce, given if isinstance(given, str) else None):
+            log.warning("the listener at %s is not our worker: the key was not sent", url)
+            return {}
+        return {"Authorization": f"Bearer {self.s.api_key}"}
 
     @staticmethod
     def _signal(w: _Worker, sig: signal.Signals) -> None:
@@ -233,7 +246,9 @@ class Supervisor:
                 if w.stopping or w.info.state not in ("idle", "busy"):
                     continue
                 try:
-                    r = await self._client.get(f"{w.info.url}/v1/ready", timeout=2.0)
+                    if not (headers := await self._keyed(w.info.url)):
+                        raise httpx.ConnectError("not our worker on that port")
+                    r = await self._client.get(f"{w.info.url}/v1/ready", timeout=2.0, headers=headers)
                     ready = r.json()
                 except (httpx.HTTPError, ValueError):
                     w.probe_failures += 1
