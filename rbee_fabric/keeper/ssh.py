@@ -222,7 +222,7 @@ class SshTransport:
         """
         conn = await self.connection()
         try:
-            r = await conn.run(f"umask 077; {command}", check=False, timeout=timeout, input=stdin)
+            r = await conn.run(remote_line(command), check=False, timeout=timeout, input=stdin)
         except asyncssh.TimeoutError as exc:
             raise RemoteCommandFailed(
                 f"{command!r} on {self.node.name} did not finish within {timeout:.0f} s",
@@ -338,14 +338,7 @@ class SshTransport:
                 "--host", self.bind_host, "--port", str(self.node.hive_port)]  # fmt: skip
         if idle_timeout is not None:
             argv += ["--idle-timeout", str(idle_timeout)]
-        log = f"{data}/logs/hive.log"
-        # Only the daemon goes to the background, with every fd off the channel,
-        # so the SSH session ends at once and the hive outlives it.
-        line = (
-            f"mkdir -p {shlex.quote(data + '/logs')} || exit 1; "
-            f"nohup setsid {shlex.join(argv)} </dev/null >>{shlex.quote(log)} 2>&1 &"
-        )
-        await self.run_shell(line)
+        await self.run_shell(hive_start_line(data, argv))
         self._api_key = None  # the hive creates the key if it was missing
 
     async def hive_start_failed(self) -> bool:
@@ -397,6 +390,24 @@ class SshTransport:
         async with conn.create_process(shlex.join(["tail", "-n", "0", "-F", f"{data}/logs/hive.log"])) as proc:
             async for line in proc.stdout:
                 yield str(line).rstrip("\n")
+
+
+def remote_line(command: str) -> str:
+    """What runs on the node for a command: under umask 077, so rbee's files are private."""
+    return f"umask 077; {command}"
+
+
+def hive_start_line(data: str, argv: list[str]) -> str:
+    """The shell line that starts the hive detached, logging under data (all quoted).
+
+    Only the daemon goes to the background, with every fd off the channel, so
+    the SSH session ends at once and the hive outlives it.
+    """
+    log = f"{data}/logs/hive.log"
+    return (
+        f"mkdir -p {shlex.quote(data + '/logs')} || exit 1; "
+        f"nohup setsid {shlex.join(argv)} </dev/null >>{shlex.quote(log)} 2>&1 &"
+    )
 
 
 def parse_ps(text: str) -> list[int]:
