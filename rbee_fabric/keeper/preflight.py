@@ -16,6 +16,7 @@ from typing import Literal
 
 from rbee_fabric import __version__, modelref
 from rbee_fabric.errors import (
+    ForeignListener,
     HostKeyChanged,
     HostKeyUnknown,
     InvalidApiKey,
@@ -24,6 +25,7 @@ from rbee_fabric.errors import (
     NotInstalled,
     RbeeError,
     SshAuthFailed,
+    VersionMismatch,
 )
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.bootstrap import MIN_PYTHON, PROBE, parse_probe
@@ -175,6 +177,9 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
     n = t.node
     if not n.local and not await _connect(t, r):
         return
+    if not n.local and n.network == "direct":
+        r.add("network", "warn", "direct: the API key and prompts cross the LAN in plain HTTP",
+              'use network = "tunnel" (SSH) unless every machine on the LAN is trusted')  # fmt: skip
     sys_python = await t.python() if n.local else n.python
     data = await t.remote_path(n.install_dir)
     host = "127.0.0.1" if n.local or n.network == "tunnel" else _resolve(n.hostname) or n.hostname
@@ -308,6 +313,12 @@ async def _hive_checks(t: Transport, r: NodeReport, host: str) -> bool:
         except Unreachable:
             r.add("hive", "warn", "not running (the keeper starts it on demand)",
                   f"rbee hive start {t.node.name}")  # fmt: skip
+            return False
+        except VersionMismatch as exc:
+            r.add("hive", "fail", exc.message, exc.hint)
+            return True
+        except ForeignListener as exc:
+            r.add("hive", "fail", exc.message, exc.hint)
             return False
         if health.version != __version__:
             r.add("hive", "fail", f"running {health.version}, keeper is {__version__}",

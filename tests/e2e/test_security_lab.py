@@ -106,3 +106,22 @@ def test_6_everything_rbee_creates_on_a_node_is_private(lab_home: RbeeHome) -> N
     assert modes[:3] == ["700 rbee-umask", "700 rbee-umask/logs", "600 rbee-umask/logs/a.log"], modes
     home_files = Path(n6.home) / "rbee-umask" / "logs" / "a.log"
     assert home_files.stat().st_mode & 0o077 == 0
+
+
+def test_direct_network_is_a_warning_in_nodes_check(lab_home: RbeeHome, tmp_path: Path) -> None:
+    import json
+
+    n7 = lab_mod.node(7)
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(
+        f'[nodes.direct7]\nhostname = "{n7.address}"\nuser = "{n7.user}"\nssh_port = 2222\n'
+        f'hive_port = {n7.hive_port}\npython = "/usr/bin/python3"\nnetwork = "direct"\n'
+        f'[nodes.tunnel7]\nhostname = "{n7.address}"\nuser = "{n7.user}"\nssh_port = 2222\n'
+        f'hive_port = {n7.hive_port}\npython = "/usr/bin/python3"\n'
+    )
+    r = lab_home.run("nodes", "check", "direct7", "tunnel7", "--json", env={"RBEE_INVENTORY": str(inv)})
+    nodes = {n["node"]: n for n in json.loads(r.stdout)["nodes"]}
+    warn = [c for c in nodes["direct7"]["checks"] if c["name"] == "network"]
+    assert warn and warn[0]["status"] == "warn" and "plain HTTP" in warn[0]["detail"], nodes["direct7"]
+    assert 'network = "tunnel"' in warn[0]["fix"]
+    assert not [c for c in nodes["tunnel7"]["checks"] if c["name"] == "network"]
