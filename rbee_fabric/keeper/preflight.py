@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from rbee_fabric import __version__, modelref
+from rbee_fabric.cpufeatures import CpuFeatures
 from rbee_fabric.errors import (
     HostKeyChanged,
     HostKeyUnknown,
@@ -25,6 +27,7 @@ from rbee_fabric.errors import (
     RbeeError,
     SshAuthFailed,
 )
+from rbee_fabric.hive import safemode
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.bootstrap import MIN_PYTHON, PROBE, parse_probe
 from rbee_fabric.keeper.client import Unreachable
@@ -40,7 +43,7 @@ WORKER_PORTS = (9300, 9399)
 
 NODE_PROBE = (
     "import json, os, socket, sys\n"
-    "host, hive_port, lo, hi, model, ctx = sys.argv[1:7]\n"
+    "host, hive_port, lo, hi, model, ctx, data = sys.argv[1:8]\n"
     "def free(p):\n"
     "    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)\n"
     "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons bind\n"
@@ -62,6 +65,14 @@ NODE_PROBE = (
     "    out['llama_backend'] = llama_build_backend()\n"
     "except Exception:\n"
     "    out['llama_backend'] = None\n"
+    "try:\n"
+    "    from rbee_fabric.cpufeatures import detect\n"
+    "    cpu = detect()\n"
+    "    out['cpu'] = cpu.to_dict() if cpu else None\n"
+    "    from rbee_fabric.hive.safemode import recorded\n"
+    "    out['safe_mode'] = recorded(data)\n"
+    "except Exception:\n"
+    "    pass\n"
     "if model and out.get('version'):\n"
     "    try:\n"
     "        from rbee_fabric.ggufmeta import read_info\n"
@@ -192,7 +203,7 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
         node_python = sys_python  # the port facts still come, the rest says "not installed"
     facts = parse_node_probe((await t.run(
         [node_python, "-c", NODE_PROBE, host, str(n.hive_port), str(WORKER_PORTS[0]),
-         str(WORKER_PORTS[1]), model_path or "", str(DEFAULT_CTX)], check=False)).stdout)  # fmt: skip
+         str(WORKER_PORTS[1]), model_path or "", str(DEFAULT_CTX), data], check=False)).stdout)  # fmt: skip
 
     installed = facts.get("version")
     if installed is None:
@@ -243,9 +254,32 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
     elif built == "cpu" and len(backends) > 1:
         status, fix = "warn", "GPU present but llama-cpp-python is a CPU build: reinstall it with GPU support"
     r.add("backends", status, detail, fix)
+    _cpu_checks(r, n, facts, data)
 
     if model is not None:
         _model_check(r, model, facts, alias_size, ram, gpus, str(built), installed is not None)
+
+
+def _cpu_checks(r: NodeReport, n: Node, facts: dict[str, object], data: str) -> None:
+    """The CPU features llama.cpp's kernels depend on, and safe mode where it is on."""
+    cpu = facts.get("cpu")
+    if isinstance(cpu, dict):
+        feats = CpuFeatures(**cpu)
+        detail = f"{feats.model or 'unknown model'}: {feats.summary()}"
+        if feats.amx:
+            detail += " (llama.cpp's AMX kernels crash on some of these CPUs; the hive then uses safe mode)"
+        r.add("cpu", "pass" if feats.avx2 else "warn", detail,
+              None if feats.avx2 else "no AVX2: llama.cpp runs, but slowly")  # fmt: skip
+    rec = facts.get("safe_mode")
+    if n.safe_mode == "on":
+        r.add("safe mode", "warn", f'forced on in the inventory: {safemode.COST}',
+              f'set safe_mode = "auto" for {n.name} to use AMX and repacking where they work')  # fmt: skip
+    elif isinstance(rec, dict):
+        when = time.strftime("%Y-%m-%d", time.localtime(float(rec.get("recorded_at", 0))))
+        r.add("safe mode", "warn",
+              f"on since {when}: {rec.get('reason')} ({rec.get('model')}); {safemode.COST}",
+              f"to try normal mode again (e.g. after upgrading llama-cpp-python), delete "
+              f"{data}/{safemode.RECORD_FILE} on {n.name}")  # fmt: skip
 
 
 async def _connect(t: Transport, r: NodeReport) -> bool:

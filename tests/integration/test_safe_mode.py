@@ -9,6 +9,7 @@ real programs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,6 +53,12 @@ def hive_log(home: RbeeHome) -> str:
     return (home.data / "logs" / "hive.log").read_text()
 
 
+def node_checks(home: RbeeHome) -> dict[str, dict]:
+    r = home.run("nodes", "check", "localhost", "--json")
+    [node] = json.loads(r.stdout)["nodes"]
+    return {c["name"]: c for c in node["checks"]}
+
+
 def stop(home: RbeeHome) -> None:
     r = home.run("hive", "stop", "localhost")
     assert r.returncode == 0, r.stderr
@@ -81,6 +88,14 @@ def test_crash_in_warmup_restarts_once_in_safe_mode_and_is_remembered(crashing: 
         record = json.loads((crashing.data / "safe_mode.json").read_text())
         [(build, rec)] = record["builds"].items()
         assert build.startswith("llama-cpp-python ") and rec["signal"] == "SIGSEGV"
+
+        # `rbee nodes check` shows the CPU features and warns that safe mode is on, and what it costs.
+        checks = node_checks(crashing)
+        assert checks["cpu"]["status"] in ("pass", "warn") and "AVX2" in checks["cpu"]["detail"]
+        assert "AMX" in checks["cpu"]["detail"] and "AVX-512" in checks["cpu"]["detail"]
+        safe = checks["safe mode"]
+        assert safe["status"] == "warn" and "SIGSEGV" in safe["detail"] and "slower" in safe["detail"]
+        assert "safe_mode.json" in safe["fix"]
 
         # The second run reuses that worker.
         again = crashing.run("infer", "--model", f"file:{crashing.model}", "--prompt", "x",  # type: ignore[attr-defined]
@@ -113,6 +128,7 @@ def test_crash_in_safe_mode_too_is_start_failed_with_signal_and_log(crashing: Rb
         assert "run the command again" not in r.stderr and "try again" not in r.stderr
         assert workers(crashing) == []
         assert not (crashing.data / "safe_mode.json").exists()  # safe mode did not help: not recorded
+        assert "safe mode" not in node_checks(crashing)
         assert hive_log(crashing).count("restarting it once in safe mode") == 1
     finally:
         stop(crashing)
@@ -152,10 +168,8 @@ def test_sigkill_from_outside_while_loading_is_not_an_engine_crash(crashing: Rbe
         deadline = time.monotonic() + 30
         seen: list[dict] = []
         while time.monotonic() < deadline and not seen:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 seen = [w for w in workers(crashing) if w["state"] == "loading"]
-            except httpx.HTTPError:
-                pass
             time.sleep(0.1)
         assert seen, "the worker never reached loading"
         os.kill(seen[0]["pid"], signal.SIGKILL)
