@@ -74,8 +74,9 @@ class LlamaEngine:
     def warm_up(self) -> None:
         """Evaluate a short batch, then one token, then forget them, as llama.cpp's tools do.
 
-        Both shapes: llama.cpp picks other matrix kernels (AMX tiles among them)
-        for a batch than for a single decoded token.
+        Both shapes, because llama.cpp picks its kernels by batch size: its AMX
+        matmul uses the AMX tiles for more than one row and AVX512-VNNI for a
+        single one, so a one-token warm-up would not reach the tiles that crash.
         """
         llm = self._llm
         bos = llm.token_bos()
