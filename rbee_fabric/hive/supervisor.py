@@ -203,6 +203,8 @@ class Supervisor:
             "pid": w.proc.pid, "state": "starting", "safe_mode": True,
             "safe_mode_reason": safemode.crash_reason(sig),
         })  # fmt: skip
+        if w.stopping:  # stop() came while it was starting: it signalled the dead process
+            self._signal(w, signal.SIGTERM)
         return True
 
     # ----------------------------------------------------------------- state
