@@ -36,10 +36,6 @@ class CpuFeatures:
         ]
         return ", ".join(parts)
 
-    def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "avx2": self.avx2, "avx512": self.avx512,
-                "amx": self.amx, "flags": self.flags}  # fmt: skip
-
 
 def _from_flags(model: str, flags: set[str]) -> CpuFeatures:
     keep = [f for f in ("avx2", *_AVX512_FLAGS, *_AMX_FLAGS) if f in flags]

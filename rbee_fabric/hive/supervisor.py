@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from rbee_fabric import cpufeatures
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
 from rbee_fabric.hive import safemode
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
@@ -186,10 +187,11 @@ class Supervisor:
 
     async def _restart_safe(self, w: _Worker, sig: str) -> bool:
         """Start a worker that crashed while loading once more, in safe mode."""
+        cpu = cpufeatures.detect()
         log.warning(
-            "worker %s (pid %d) crashed with %s while loading; llama.cpp's AMX/repacking "
-            "kernels are a known cause on some CPUs: restarting it once in safe mode",
-            w.info.id, w.info.pid, sig,
+            "worker %s (pid %d) crashed with %s while loading (CPU: %s); llama.cpp's "
+            "AMX/repacking kernels are a known cause on some CPUs: restarting it once in safe mode",
+            w.info.id, w.info.pid, sig, f"{cpu.model}, {cpu.summary()}" if cpu else "unknown",
         )  # fmt: skip
         with contextlib.suppress(OSError), open(w.log_path, "a", encoding="utf-8") as fh:
             fh.write(f"--- rbee-hive: worker crashed with {sig}; restarting in safe mode ---\n")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from rbee_fabric import __version__, modelref
-from rbee_fabric.cpufeatures import CpuFeatures
+from rbee_fabric.cpufeatures import CpuFeatures, parse_cpuinfo, parse_sysctl
 from rbee_fabric.errors import (
     HostKeyChanged,
     HostKeyUnknown,
@@ -66,9 +66,6 @@ NODE_PROBE = (
     "except Exception:\n"
     "    out['llama_backend'] = None\n"
     "try:\n"
-    "    from rbee_fabric.cpufeatures import detect\n"
-    "    cpu = detect()\n"
-    "    out['cpu'] = cpu.to_dict() if cpu else None\n"
     "    from rbee_fabric.hive.safemode import recorded\n"
     "    out['safe_mode'] = recorded(data)\n"
     "except Exception:\n"
@@ -86,7 +83,9 @@ NODE_PROBE = (
 SHELL_FACTS = (
     'cat /proc/meminfo 2>/dev/null; echo @@; mkdir -p "$1" 2>/dev/null; df -Pk "$1"; echo @@; '
     "nvidia-smi --query-gpu=index,name,memory.total,memory.free --format=csv,noheader,nounits "
-    "2>/dev/null; echo @@; uname -sm"
+    "2>/dev/null; echo @@; uname -sm; "
+    # The first processor of /proc/cpuinfo (Linux), else the CPU sysctls (macOS).
+    "echo @@; sed '/^$/q' /proc/cpuinfo 2>/dev/null || sysctl machdep.cpu hw.optional 2>/dev/null"
 )
 
 ALIAS_PROBE = (
@@ -141,6 +140,15 @@ def parse_shell_facts(text: str) -> tuple[str, str, str, str]:
     """Split SHELL_FACTS output into meminfo, df, nvidia-smi and uname parts."""
     parts = [*text.split("@@\n"), "", "", "", ""][:4]
     return parts[0], parts[1], parts[2], parts[3].strip()
+
+
+def parse_cpu_facts(text: str) -> CpuFeatures | None:
+    """The CPU part of SHELL_FACTS (after the fourth `@@`): cpuinfo or sysctl text."""
+    parts = text.split("@@\n")
+    cpu = parts[4] if len(parts) > 4 else ""
+    if not cpu.strip():
+        return None
+    return parse_sysctl(cpu) if "machdep.cpu" in cpu or "hw.optional" in cpu else parse_cpuinfo(cpu)
 
 
 def parse_node_probe(text: str) -> dict[str, object]:
@@ -254,17 +262,17 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
     elif built == "cpu" and len(backends) > 1:
         status, fix = "warn", "GPU present but llama-cpp-python is a CPU build: reinstall it with GPU support"
     r.add("backends", status, detail, fix)
-    _cpu_checks(r, n, facts, data)
+    _cpu_checks(r, n, parse_cpu_facts(shell.stdout), facts, data)
 
     if model is not None:
         _model_check(r, model, facts, alias_size, ram, gpus, str(built), installed is not None)
 
 
-def _cpu_checks(r: NodeReport, n: Node, facts: dict[str, object], data: str) -> None:
+def _cpu_checks(
+    r: NodeReport, n: Node, feats: CpuFeatures | None, facts: dict[str, object], data: str
+) -> None:
     """The CPU features llama.cpp's kernels depend on, and safe mode where it is on."""
-    cpu = facts.get("cpu")
-    if isinstance(cpu, dict):
-        feats = CpuFeatures(**cpu)
+    if feats is not None:
         detail = f"{feats.model or 'unknown model'}: {feats.summary()}"
         if feats.amx:
             detail += " (llama.cpp's AMX kernels crash on some of these CPUs; the hive then uses safe mode)"
@@ -425,4 +433,5 @@ async def _catalog_path(t: Transport, reference: str) -> str | None:
     return next((m.path for m in models if m.reference == reference), None)
 
 
-__all__ = ["Check", "NodeReport", "check_nodes", "parse_df", "parse_node_probe", "parse_shell_facts"]
+__all__ = ["Check", "NodeReport", "check_nodes", "parse_cpu_facts", "parse_df", "parse_node_probe",
+           "parse_shell_facts"]
