@@ -66,7 +66,14 @@ def parse_probe(text: str) -> PythonFacts:
 
 
 def source_dir() -> Path:
-    """Where the keeper's rbee-fabric was installed from (to build its wheel)."""
+    """Where the keeper's rbee-fabric was installed from (to build its wheel).
+
+    The source of the package actually imported comes first: a node must run
+    the very code the keeper runs (same version string, same health proof).
+    """
+    here = Path(__file__).resolve().parents[2]
+    if (here / "pyproject.toml").exists() and (here / "rbee_fabric").is_dir():
+        return here
     dist = metadata.distribution("rbee-fabric")
     raw = dist.read_text("direct_url.json")
     if raw:
@@ -75,9 +82,6 @@ def source_dir() -> Path:
             path = Path(unquote(urlsplit(url).path))
             if (path / "pyproject.toml").exists():
                 return path
-    here = Path(__file__).resolve().parents[2]
-    if (here / "pyproject.toml").exists():
-        return here
     raise UsageError(
         "cannot find the rbee-fabric source to build the wheel a node needs",
         hint="install rbee-fabric from a source checkout (pip install .) on the keeper",
