@@ -153,4 +153,4 @@ def version() -> None:
     print(f"rbee-fabric {__version__}")
 
 
-from rbee_fabric.cli import commands  # noqa: E402,F401  (registers the sub-commands)
+from rbee_fabric.cli import chat, commands  # noqa: E402,F401  (registers the sub-commands)
