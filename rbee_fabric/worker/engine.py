@@ -147,7 +147,7 @@ class LlamaEngine:
                 choice = chunk["choices"][0]
                 finish = choice.get("finish_reason")
                 if finish is None:
-                    result.tokens += 1  # the closing chunk carries no token
+                    result.tokens += 1  # stream chunks, about one a token
                 else:
                     result.stop_reason = "length" if finish == "length" else "stop"
                 if text := clean.feed(choice.get("text", "")):
