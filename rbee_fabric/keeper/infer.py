@@ -129,6 +129,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
         out.info(
             "raw completion (--raw): the model continues the prompt" if opts.raw
             else "this model has no chat template: raw completion, the model continues the prompt"
+            + (" (--system is not used; --chat-format NAME renders a chat)" if opts.system else "")
         )
     return await _inference(got.run, got.rec, reused=got.reused)
 

@@ -169,3 +169,28 @@ def test_which_vocabulary_entries_count_as_special() -> None:
 
 def test_the_engine_learns_the_special_strings_from_the_vocabulary(engine: LlamaEngine) -> None:
     assert {"<|im_start|>", "<|im_end|>", "<start_of_image>", "<s>", "</s>"} <= set(engine.specials)
+
+
+# ------------------------------------------- what the OpenAI gateway relies on
+
+
+def test_a_json_schema_response_format_constrains_the_output(engine: LlamaEngine) -> None:
+    import json
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    req = InferenceRequest.model_validate({
+        "messages": [{"role": "user", "content": "Is it?"}], "max_tokens": None, "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    })  # fmt: skip
+    g = Generation()
+    text = "".join(engine.generate(req, threading.Event(), g))
+    assert g.stop_reason == "stop"  # ends when the object is complete, not at a cap
+    assert isinstance(json.loads(text)["ok"], bool)
+
+
+def test_stop_sequences_end_the_text_before_them(engine: LlamaEngine) -> None:
+    for seed in range(3):
+        g = Generation()
+        req = InferenceRequest(prompt="abc", max_tokens=200, seed=seed, stop=["a", "e", "o"])
+        text = "".join(engine.generate(req, threading.Event(), g))
+        assert not {"a", "e", "o"} & set(text), text
