@@ -201,6 +201,15 @@ class ContextTooLong(RbeeError):
     default_hint = "use a larger --ctx-size or a shorter prompt"
 
 
+class NoChatTemplate(RbeeError):
+    """A chat request the model cannot render: no template, no known format."""
+
+    code = "NO_CHAT_TEMPLATE"
+    http_status = 400
+    exit_code = EXIT_USAGE
+    default_hint = "name a chat format with --chat-format, or use --raw"
+
+
 class WorkerCrashed(RbeeError):
     code = "WORKER_CRASHED"
     http_status = 502
@@ -286,6 +295,7 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         AllSlotsBusy,
         QueueFull,
         ContextTooLong,
+        NoChatTemplate,
         WorkerCrashed,
         WorkerStartFailed,
         WorkerNotFound,
@@ -341,3 +351,4 @@ def from_envelope(body: Any, *, status: int | None = None) -> RbeeError:
         )
     hint = details.pop("hint", None)
     return error_class(code)(message, hint=hint, details=details)
+
