@@ -199,9 +199,11 @@ def test_6_busy_worker_is_retried_then_reported(local: RbeeHome, tiny_model: Pat
 def test_7_loading_timeout_stops_the_stuck_worker(local: RbeeHome, tiny_model: Path) -> None:
     slow_load = {**SCRIPTED, "RBEE_SCRIPTED_LOAD_S": "120"}
     try:
-        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--timeout", "4", env=slow_load)
+        # The hive is up first, so the timeout measures loading, not a hive start on a busy machine.
+        assert local.run("hive", "start", "localhost", env=slow_load).returncode == 0
+        r = local.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--timeout", "6", env=slow_load)
         assert r.returncode == 1
-        assert "LOADING_TIMEOUT" in r.stderr and "within 4 s" in r.stderr
+        assert "LOADING_TIMEOUT" in r.stderr and "within 6 s" in r.stderr
         assert "% loaded" in r.stderr  # the last progress seen
         assert hive_workers(local, local.hive_port) == []  # type: ignore[attr-defined]
         assert registry_ids(local) == []
