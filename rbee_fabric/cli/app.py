@@ -72,6 +72,7 @@ def infer(
     backend: Annotated[str, typer.Option(help="auto, cpu, cuda or metal")] = "auto",
     device: Annotated[int, typer.Option(min=0, help="GPU index")] = 0,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the model to load")] = 300.0,
+    queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = 600.0,
     retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = 3,
     ctx_size: Annotated[int, typer.Option("--ctx-size", min=16, help="context length")] = 2048,
     start_hive: Annotated[bool, typer.Option(help="start the hive if it is not running")] = True,
@@ -101,7 +102,7 @@ def infer(
     opts = InferOptions(
         model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, seed=seed, backend=backend, device=device, timeout=timeout,
-        retry=retry, n_ctx=ctx_size, start_hive=start_hive,
+        retry=retry, n_ctx=ctx_size, start_hive=start_hive, queue_timeout=queue_timeout,
     )  # fmt: skip
     reporter = TerminalReporter(quiet_tokens=as_json)
 

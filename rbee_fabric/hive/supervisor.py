@@ -108,7 +108,9 @@ class Supervisor:
 
     # ----------------------------------------------------------------- spawn
 
-    async def spawn(self, model: ModelInfo, backend: str, device: int, n_ctx: int) -> WorkerInfo:
+    async def spawn(
+        self, model: ModelInfo, backend: str, device: int, n_ctx: int, *, max_queue: int = 64
+    ) -> WorkerInfo:
         wid = f"w-{uuid.uuid4().hex[:10]}"
         port = free_port(self.s.host, *self.s.port_range)
         host = f"[{self.s.host}]" if ":" in self.s.host else self.s.host
@@ -121,7 +123,7 @@ class Supervisor:
             "--host", self.s.host, "--port", str(port),
             "--hive-url", self.s.hive_url,
             "--backend", backend, "--device", str(device), "--n-ctx", str(n_ctx),
-            "--key-file", self.s.key_file,
+            "--key-file", self.s.key_file, "--max-queue", str(max_queue),
         ]  # fmt: skip
         env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as logf:
@@ -135,7 +137,7 @@ class Supervisor:
         info = WorkerInfo(
             id=wid, model_id=model.id, model_reference=model.reference, url=url,
             pid=proc.pid, backend=backend, device=device, state="starting",
-            started_at=time.time(),
+            started_at=time.time(), n_ctx=n_ctx,
         )  # fmt: skip
         worker = _Worker(info=info, proc=proc, log_path=log_path)
         self.workers[wid] = worker
@@ -240,8 +242,9 @@ class Supervisor:
                 w.probe_failures = 0
                 idle = ready.get("idle_seconds")
                 w.info = w.info.model_copy(
-                    update={"state": ready.get("state", w.info.state), "idle_seconds": idle}
-                )
+                    update={"state": ready.get("state", w.info.state), "idle_seconds": idle,
+                            "queued": int(ready.get("queued", 0))}
+                )  # fmt: skip
                 if idle is not None and idle > self.s.idle_timeout_s:
                     task = asyncio.create_task(self.stop(wid, reason=f"idle for {idle:.0f} s"))
                     self._stopping.add(task)

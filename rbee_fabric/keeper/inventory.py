@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rbee_fabric.errors import InventoryError, UsageError
 
 DEFAULT_HIVE_PORT = 9200
+DEFAULT_MAX_QUEUE = 64
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 
@@ -38,6 +39,8 @@ class NodeEntry(BaseModel):
     python: str = Field(default="python3", min_length=1)
     install_dir: str = "~/.local/share/rbee"
     local: bool = False
+    max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0, le=100_000)
+    max_replicas: int = Field(default=1, ge=1, le=64)
 
 
 class InventoryFile(BaseModel):
@@ -62,6 +65,8 @@ class Node:
     python: str = "python3"
     install_dir: str = "~/.local/share/rbee"
     source: str = "built-in"
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait per worker
+    max_replicas: int = 1  # workers one model configuration may have
 
     @property
     def reach(self) -> str:
@@ -166,5 +171,7 @@ def load(explicit: str | None = None) -> Inventory:
             python=entry.python,
             install_dir=entry.install_dir,
             source=str(path),
+            max_queue=entry.max_queue,
+            max_replicas=entry.max_replicas,
         )
     return Inventory(nodes=nodes, path=path)
