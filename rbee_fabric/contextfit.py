@@ -1,9 +1,11 @@
 """Does a prompt fit a context? One rule for the keeper (before loading) and the worker.
 
 A request needs its prompt's tokens plus `max_tokens` (1 when generating
-until the end of the turn) within the context. Every token is at least one
-byte, so a prompt whose bytes (plus BOS and chat framing) already fit is
-never counted: only a prompt that might not fit pays for tokenizing.
+until the end of the turn) within the context. Every token covers at least
+one byte of the text as the tokenizer sees it, where SentencePiece writes
+each space as the 3-byte '▁' (and puts one in front); so a prompt whose
+bytes, so counted, already fit is never tokenized: only a prompt that might
+not fit pays for counting.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def text_of(req: InferenceRequest) -> str:
 
 def surely_fits(req: InferenceRequest, n_ctx: int) -> bool:
     """True when the prompt fits whatever its tokens (an upper bound: its bytes)."""
-    bound = len(text_of(req).encode()) + 1 + FRAMING_PER_MESSAGE * len(req.messages or [])
+    text = text_of(req)
+    bound = len(text.encode()) + 2 * text.count(" ") + 5  # '▁' for spaces, prefix, BOS, EOS
+    bound += FRAMING_PER_MESSAGE * len(req.messages or [])
     return bound + (req.max_tokens or 1) <= n_ctx
 
 

@@ -241,6 +241,7 @@ async def _check_context(w: WorkerState, req: InferenceRequest) -> None:
 def _start(w: WorkerState, ticket: Ticket) -> _Current:
     current = _Current(request_id=ticket.request_id, ticket=ticket)
     w.current, w.state = current, "busy"
+    log.info("generating %s (%d waiting)", ticket.request_id, w.admission.queued)
     return current
 
 
