@@ -123,7 +123,7 @@ def infer(
             "first_token_s": round(summary.first_token_s, 3),
             "tokens_per_second": round(summary.tokens_per_second, 2),
             "worker_id": summary.worker_id, "reused_worker": summary.reused,
-            "stop_reason": summary.stop_reason,
+            "stop_reason": summary.stop_reason, "queued_s": round(summary.queued_s, 3),
         }))  # fmt: skip
         return
     sys.stdout.write("\n")
@@ -132,7 +132,8 @@ def infer(
         f"[dim]{summary.tokens} tokens in {summary.seconds:.2f} s "
         f"({summary.tokens_per_second:.1f} tokens/s), first token after "
         f"{summary.first_token_s:.2f} s, worker {summary.worker_id}"
-        f"{' (reused)' if summary.reused else ''}[/dim]"
+        f"{' (reused)' if summary.reused else ''}"
+        f"{f', {summary.queued_s:.2f} s in the queue' if summary.queued_s else ''}[/dim]"
     )
 
 

@@ -65,6 +65,7 @@ class Summary:
     worker_id: str
     reused: bool
     stop_reason: str = "stop"
+    queued_s: float = 0.0  # time spent waiting in the worker's queue (not in seconds)
 
     @property
     def tokens_per_second(self) -> float:
@@ -287,6 +288,8 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
     first: float | None = None
     done: DoneEvent | None = None
     broken: str | None = None
+    waiting_since: float | None = None
+    queued_s = 0.0
     try:
         async with asyncio.timeout(None) as queue_wait:
             try:
@@ -298,12 +301,16 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
                             if first is None:
                                 first = time.monotonic()
                                 queue_wait.reschedule(None)
+                                if waiting_since is not None:  # the turn came: clock restarts
+                                    queued_s = first - waiting_since
+                                    t0 = first
                             pieces.append(event["token"])
                             run.out.token(event["token"])
                         elif event.get("queued"):
                             queued = QueuedEvent.model_validate(event)
                             run.out.info(f"queued (position {queued.position})")
-                            if queue_wait.when() is None:
+                            if waiting_since is None:
+                                waiting_since = time.monotonic()
                                 queue_wait.reschedule(asyncio.get_running_loop().time() + o.queue_timeout)
                         elif event.get("done"):
                             done = DoneEvent.model_validate(event)
@@ -348,6 +355,7 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
         worker_id=rec.id,
         reused=reused,
         stop_reason=done.stop_reason,
+        queued_s=queued_s,
     )
 
 
