@@ -56,7 +56,7 @@ def test_gemma_8_concurrent_infers_all_print_text(rbee_home: RbeeHome) -> None:
                  "--prompt", "The capital of France is", "--max-tokens", "16", "--temperature", "0",
                  "--seed", str(i), "--json"],
                 env=rbee_home.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            )
             for i in range(8)
         ]
         results = [p.communicate(timeout=600) for p in procs]
