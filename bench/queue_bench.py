@@ -82,6 +82,20 @@ def run(env: Env, node: str, max_tokens: int, levels: list[int], label: str) -> 
     return rows
 
 
+def burst(env: Env, n: int) -> None:
+    """N `rbee infer --node labnode1 --model gemma3-270m --max-tokens 8` at once, as the issue ran them."""
+    args = ["infer", "--node", "labnode1", "--model", "gemma3-270m", "--prompt", PROMPT, "--max-tokens", "8"]
+    client(env, args)  # warm
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda _: client(env, args), range(n)))
+    ok = sum(1 for _, good, _ in results if good)
+    print(f"burst: {ok}/{n} completed in {time.perf_counter() - t0:.1f} s over SSH", file=sys.stderr)
+    for _, good, err in results:
+        if not good:
+            print(f"  failed: {err.strip().splitlines()[-1] if err.strip() else '?'}", file=sys.stderr)
+
+
 def write(rows: list[dict[str, object]], max_tokens: int) -> Path:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -150,10 +164,11 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--replicas", default="1,2")
     ap.add_argument("--lab", action="store_true", help="also labnode1 over SSH (hold the lab lock)")
+    ap.add_argument("--burst", type=int, default=0, help="on the lab node, first N clients at once (8 tokens)")
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
     rows: list[dict[str, object]] = []
-    for replicas in [int(x) for x in a.replicas.split(",")]:
+    for replicas in [int(x) for x in a.replicas.split(",") if x]:
         env = Env()
         configure(env, replicas)
         try:
@@ -171,6 +186,8 @@ def main() -> int:
             r = env.rbee("nodes", "install", "labnode1", timeout=900)
             if r.returncode != 0:
                 raise RuntimeError(r.stderr)
+            if a.burst:
+                burst(env, a.burst)
             rows += run(env, "labnode1", a.max_tokens, levels, "labnode1 over SSH, max_replicas 1")
         finally:
             env.rbee("hive", "stop", "labnode1")
