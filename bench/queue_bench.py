@@ -2,6 +2,7 @@
 
     python bench/queue_bench.py                      # localhost, replicas 1 and 2
     python bench/queue_bench.py --lab                # also labnode1 over SSH (lab lock held, root)
+    python bench/queue_bench.py --replicas '' --lab --append   # only the lab rows, added
     python bench/queue_bench.py --levels 1,2,4 --max-tokens 16
 
 For 1, 2, 4, 8 and 16 clients started at once (each a new `rbee infer`
@@ -126,6 +127,7 @@ def write(rows: list[dict[str, object]], max_tokens: int) -> Path:
         lines.append(f"- {r['setup']} n={r['clients']}: {r['errors']} failed, e.g. {r['first_error']}")
     md = out / "queue.md"
     md.write_text("\n".join(lines) + "\n")
+    (out / "queue.json").write_text(json.dumps(rows, indent=1) + "\n")
     try:
         import matplotlib
 
@@ -165,9 +167,12 @@ def main() -> int:
     ap.add_argument("--replicas", default="1,2")
     ap.add_argument("--lab", action="store_true", help="also labnode1 over SSH (hold the lab lock)")
     ap.add_argument("--burst", type=int, default=0, help="on the lab node, first N clients at once (8 tokens)")
+    ap.add_argument("--append", action="store_true", help="keep the rows of results/queue.json")
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
     rows: list[dict[str, object]] = []
+    if a.append:
+        rows = json.loads((ROOT / "bench" / "results" / "queue.json").read_text())
     for replicas in [int(x) for x in a.replicas.split(",") if x]:
         env = Env()
         configure(env, replicas)
