@@ -216,7 +216,7 @@ def test_10_concurrent_cold_infers_start_one_hive_and_one_worker(rbee_home: Rbee
 
 
 def test_a_busy_worker_queues_the_next_infer_and_shows_its_position(rbee_home: RbeeHome, tiny_model: Path) -> None:
-    rbee_home.local_node()
+    port = rbee_home.local_node()
     model = f"file:{tiny_model}"
     assert rbee_home.run("infer", "--model", model, "--prompt", "x", "--max-tokens", "1", env=SCRIPTED).returncode == 0
     long = popen_rbee(rbee_home, "infer", "--model", model, "--prompt", "x", "--max-tokens", "40", env=SCRIPTED)
@@ -233,6 +233,14 @@ def test_a_busy_worker_queues_the_next_infer_and_shows_its_position(rbee_home: R
         r = rbee_home.run("infer", "--model", model, "--prompt", "y", "--queue-timeout", "1", env=SCRIPTED)
         assert r.returncode == 1
         assert "QUEUE_TIMEOUT" in r.stderr and "Suggestion:" in r.stderr and "--queue-timeout" in r.stderr
+        # Ctrl+C while queued: it leaves the queue at once.
+        queued = popen_rbee(rbee_home, "infer", "--model", model, "--prompt", "z", env=SCRIPTED)
+        assert queued.stderr is not None and "queued (position 1)" in queued.stderr.readline()
+        queued.send_signal(signal.SIGINT)
+        _, err = queued.communicate(timeout=15)
+        assert queued.returncode == 130 and err.strip().endswith("Canceled.")
+        worker = hive_workers(rbee_home, port)[0]
+        assert ready(worker["url"], {"Authorization": f"Bearer {rbee_home.api_key}"})["queued"] == 0
         assert long2.poll() is None
         long2.send_signal(signal.SIGINT)
         long2.communicate(timeout=15)
