@@ -24,6 +24,7 @@ from rbee_fabric.errors import (
 )
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.client import HiveClient, Unreachable
+from rbee_fabric.keeper.inventory import DEFAULT_MAX_QUEUE
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import (
@@ -115,8 +116,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
         info = await hive.spawn(
             SpawnRequest.model_validate(
                 {"model_id": model.id, "backend": opts.backend, "device": opts.device,
-                 "n_ctx": opts.n_ctx, "max_queue": t.node.max_queue,
-                 "max_replicas": t.node.max_replicas}
+                 "n_ctx": opts.n_ctx, **_node_settings(t)}
             )
         )  # fmt: skip
         if info.spawned:
@@ -145,6 +145,16 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
         await hive.aclose()
     # Step 8.
     return await _inference(run, rec, reused=not info.spawned)
+
+
+def _node_settings(t: Transport) -> dict[str, int]:
+    """The node's queue settings for the hive; defaults are left out (the hive has them)."""
+    out = {}
+    if t.node.max_queue != DEFAULT_MAX_QUEUE:
+        out["max_queue"] = t.node.max_queue
+    if t.node.max_replicas != 1:
+        out["max_replicas"] = t.node.max_replicas
+    return out
 
 
 def _request(o: InferOptions, request_id: str | None = None) -> InferenceRequest:
