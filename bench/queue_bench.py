@@ -183,7 +183,7 @@ def main() -> int:
     if a.lab:
         from tests.lab import lab
 
-        lab.up(1)
+        lab.up(1, fresh=True)  # no hive or worker left from an earlier run
         env = Env()
         env.env.update(lab.env())
         env.env["RBEE_WHEELHOUSE_DIR"] = str(env.dir / "wheelhouse")
