@@ -371,7 +371,10 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
 
 async def _alive(run: _Run, rec: WorkerRecord) -> bool:
     """Does the worker still answer (over a fresh connection)?"""
-    worker = await hivectl.connect_worker(run.t, rec.url)
+    try:
+        worker = await hivectl.connect_worker(run.t, rec.url)  # may reconnect over SSH
+    except RbeeError:
+        return False
     try:
         await worker.ready(timeout=3.0)
         return True
