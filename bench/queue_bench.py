@@ -188,7 +188,7 @@ def main() -> int:
         env.env.update(lab.env())
         env.env["RBEE_WHEELHOUSE_DIR"] = str(env.dir / "wheelhouse")
         try:
-            r = env.rbee("nodes", "install", "labnode1", "--force", timeout=900)  # this very code
+            r = env.rbee("nodes", "install", "labnode1", timeout=900)  # this very code, on a fresh node
             if r.returncode != 0:
                 raise RuntimeError(r.stderr)
             if a.burst:
