@@ -66,7 +66,14 @@ def parse_probe(text: str) -> PythonFacts:
 
 
 def source_dir() -> Path:
-    """Where the keeper's rbee-fabric was installed from (to build its wheel)."""
+    """Where the keeper's rbee-fabric was installed from (to build its wheel).
+
+    The checkout this very code runs from comes first (an editable install, or
+    PYTHONPATH pointing at another checkout), then the install's recorded source.
+    """
+    here = Path(__file__).resolve().parents[2]
+    if (here / "pyproject.toml").exists():
+        return here
     dist = metadata.distribution("rbee-fabric")
     raw = dist.read_text("direct_url.json")
     if raw:
@@ -75,9 +82,6 @@ def source_dir() -> Path:
             path = Path(unquote(urlsplit(url).path))
             if (path / "pyproject.toml").exists():
                 return path
-    here = Path(__file__).resolve().parents[2]
-    if (here / "pyproject.toml").exists():
-        return here
     raise UsageError(
         "cannot find the rbee-fabric source to build the wheel a node needs",
         hint="install rbee-fabric from a source checkout (pip install .) on the keeper",
