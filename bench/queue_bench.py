@@ -135,16 +135,15 @@ def write(rows: list[dict[str, object]], max_tokens: int) -> Path:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for s in setups:
+        for i, s in enumerate(setups):
             rs = [r for r in rows if r["setup"] == s]
             xs = [r["clients"] for r in rs]
-            axes[0].plot(xs, [r["throughput"] for r in rs], "o-", label=s)
-            axes[1].plot(xs, [r["p95"] for r in rs], "o-", label=f"{s} p95")
-            axes[1].plot(xs, [r["p50"] for r in rs], "s--", label=f"{s} p50")
-        ideal = [r for r in rows if r["setup"] == setups[0]]
-        axes[0].plot([r["clients"] for r in ideal], [r["ideal_throughput"] for r in ideal], "k:",
-                     label="ideal: one worker back to back")  # fmt: skip
-        axes[1].plot([r["clients"] for r in ideal], [r["ideal_p95"] for r in ideal], "k:", label="ideal p95")
+            color = f"C{i}"
+            axes[0].plot(xs, [r["throughput"] for r in rs], "o-", color=color, label=s)
+            axes[0].plot(xs, [r["ideal_throughput"] for r in rs], ":", color=color,
+                         label=f"{s}: ideal (one worker back to back)")  # fmt: skip
+            axes[1].plot(xs, [r["p95"] for r in rs], "o-", color=color, label=f"{s} p95")
+            axes[1].plot(xs, [r["ideal_p95"] for r in rs], ":", color=color, label=f"{s} ideal p95")
         for ax in axes:
             ax.set_xscale("log", base=2)
             ax.set_xlabel("concurrent rbee infer clients")
