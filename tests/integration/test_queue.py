@@ -87,7 +87,8 @@ def slow_worker(scripted_hive: Hive, tiny_model: Path) -> dict[str, Any]:
     return {**info, "headers": h.headers, "hive": h}
 
 
-def generate(worker: dict[str, Any], request_id: str, max_tokens: int, out: dict[str, list[Any]]) -> None:
+def generate(worker: dict[str, Any], request_id: str, max_tokens: int, out: dict[str, list[Any]],
+             arrived: threading.Event | None = None) -> None:  # fmt: skip
     """One client: every event it receives, in order, under out[request_id]."""
     body = {"prompt": "x", "max_tokens": max_tokens, "request_id": request_id}
     events: list[Any] = []
@@ -99,17 +100,26 @@ def generate(worker: dict[str, Any], request_id: str, max_tokens: int, out: dict
             if line.startswith("data: "):
                 payload = line[6:]
                 events.append(payload if payload == "[DONE]" else json.loads(payload))
+                if arrived is not None:
+                    arrived.set()  # the worker has it: running, or in the queue
         events.append(("finished", time.monotonic()))
+
+
+def generation_order(worker: dict[str, Any]) -> list[str]:
+    """Request ids in the order the worker started generating them (its log)."""
+    log = Path(worker["hive"].home.data / "logs" / f"worker-{worker['id']}.log").read_text()
+    return [line.split("generating ")[1].split()[0] for line in log.splitlines() if "generating " in line]
 
 
 def test_20_concurrent_clients_all_complete_in_arrival_order(slow_worker: dict[str, Any]) -> None:
     out: dict[str, list[Any]] = {}
     threads = []
-    for i in range(20):
-        t = threading.Thread(target=generate, args=(slow_worker, f"r{i:02d}", 8, out))
+    for i in range(20):  # a known arrival order: each one is at the worker before the next starts
+        arrived = threading.Event()
+        t = threading.Thread(target=generate, args=(slow_worker, f"r{i:02d}", 8, out, arrived))
         t.start()
         threads.append(t)
-        time.sleep(0.03)  # a known arrival order
+        assert arrived.wait(20)
     for t in threads:
         t.join(120)
     assert sorted(out) == [f"r{i:02d}" for i in range(20)]
@@ -124,9 +134,8 @@ def test_20_concurrent_clients_all_complete_in_arrival_order(slow_worker: dict[s
         if positions:
             waited += 1
             assert positions == list(range(positions[0], 0, -1)), (i, positions)
-    assert waited >= 15  # they arrived 30 ms apart, each generation takes 400 ms
-    finished = sorted(out, key=lambda rid: out[rid][-1][1])
-    assert finished == [f"r{i:02d}" for i in range(20)]  # first come, first served
+    assert waited >= 15  # they arrived one after another, each generation takes 400 ms
+    assert generation_order(slow_worker) == [f"r{i:02d}" for i in range(20)]  # first come, first served
     now = ready(slow_worker["url"], slow_worker["headers"])
     assert now["state"] == "idle" and now["queued"] == 0
 
@@ -189,9 +198,7 @@ def test_a_cancelled_queued_request_never_runs(slow_worker: dict[str, Any]) -> N
     # The last one moved up as the others left, and ran right after the first.
     positions = [e["position"] for e in out["last"] if isinstance(e, dict) and e.get("queued")]
     assert positions[0] == 3 and positions[-1] == 1
-    log = Path(h.home.data / "logs" / f"worker-{slow_worker['id']}.log").read_text()
-    assert "generating running" in log and "generating last" in log
-    assert "generating deleted" not in log and "generating gone" not in log
+    assert generation_order(slow_worker) == ["running", "last"]  # the two that left never ran
 
 
 # ------------------------------------------------------------- as a user runs it
