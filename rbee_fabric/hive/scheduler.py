@@ -94,7 +94,7 @@ class Scheduler:
         async with self._locks.setdefault(config, asyncio.Lock()):
             live = self._live(config)
             if not live:
-                check_fit(need, backend, req.device, await self._unreserved(), model.reference)
+                check_fit(need, backend, req.device, self._unreserved(res), model.reference)
                 return await self._spawn(model, config, need, max_queue)
             if len(live) == 1 and max_replicas <= 1:
                 return self._send(live[0])  # the common case: no probe needed
@@ -107,7 +107,7 @@ class Scheduler:
             )
             if grow:
                 try:
-                    check_fit(need, backend, req.device, await self._unreserved(), model.reference)
+                    check_fit(need, backend, req.device, self._unreserved(res), model.reference)
                 except RbeeError as exc:  # no room for a replica: queue on the best one
                     log.info("no replica for %s: %s", model.reference, exc)
                 else:
@@ -153,9 +153,8 @@ class Scheduler:
 
         return dict(await asyncio.gather(*(one(w) for w in live)))
 
-    async def _unreserved(self) -> Resources:
+    def _unreserved(self, res: Resources) -> Resources:
         """The node's resources minus what workers still loading will take."""
-        res = await self.resources()
         reserved: dict[tuple[str, int], int] = {}
         for w in self.supervisor.workers.values():
             routed = self._routed.get(w.info.id)
