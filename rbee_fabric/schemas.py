@@ -114,6 +114,10 @@ class SpawnRequest(Message):
     max_queue: int | None = Field(default=None, ge=0, le=100_000)
     max_replicas: int | None = Field(default=None, ge=1, le=64)
 
+    # auto: safe mode (llama.cpp extra buffer types off) after an engine crash
+    # while loading, and from then on for this node's build; on/off: forced.
+    safe_mode: Literal["auto", "on", "off"] = "auto"
+
 
 class TokenCountRequest(Message):
     text: str = Field(max_length=64_000_000)

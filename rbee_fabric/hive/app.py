@@ -17,6 +17,7 @@ from rbee_fabric.catalog import Catalog
 from rbee_fabric.errors import ModelNotFound, WorkerNotFound
 from rbee_fabric.hive import vocab
 from rbee_fabric.hive.provision import Provisioner
+from rbee_fabric.hive.safemode import SafeModeStore
 from rbee_fabric.hive.scheduler import Scheduler
 from rbee_fabric.hive.supervisor import Supervisor, SupervisorSettings
 from rbee_fabric.httpserver import install_api_key, install_error_handlers
@@ -66,6 +67,7 @@ class Hive:
         self.settings = settings
         self.catalog = Catalog(settings.data_dir / "catalog.db")
         self.provisioner = Provisioner(self.catalog, settings.data_dir / "models")
+        self.safe_mode = SafeModeStore(settings.data_dir)
         self.supervisor = Supervisor(
             SupervisorSettings(
                 host=settings.host,
@@ -75,10 +77,11 @@ class Hive:
                 key_file=settings.key_file,
                 idle_timeout_s=settings.idle_timeout_s,
                 port_range=settings.worker_ports,
+                safe_store=self.safe_mode,
             )
         )
         self._llama_backend = settings.llama_backend
-        self.scheduler = Scheduler(self.supervisor, self.resources, settings.api_key)
+        self.scheduler = Scheduler(self.supervisor, self.resources, settings.api_key, self.safe_mode)
 
     async def llama_backend(self) -> str:
         if self._llama_backend is None:

@@ -30,6 +30,7 @@ import httpx
 
 from rbee_fabric.errors import RbeeError
 from rbee_fabric.ggufmeta import read_info
+from rbee_fabric.hive.safemode import SafeModeStore
 from rbee_fabric.hive.supervisor import Supervisor
 from rbee_fabric.resources import check_fit, pick_backend, required_mb
 from rbee_fabric.schemas import ModelInfo, Resources, SpawnRequest, WorkerInfo
@@ -69,9 +70,11 @@ class Scheduler:
         supervisor: Supervisor,
         resources: Callable[[], Awaitable[Resources]],
         api_key: str,
+        safe_mode: SafeModeStore,
     ) -> None:
         self.supervisor = supervisor
         self.resources = resources
+        self.safe_mode = safe_mode
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(2.0), headers={"Authorization": f"Bearer {api_key}"}
         )
@@ -95,7 +98,7 @@ class Scheduler:
             live = self._live(config)
             if not live:
                 check_fit(need, backend, req.device, self._unreserved(res), model.reference)
-                return await self._spawn(model, config, need, max_queue)
+                return await self._spawn(model, config, need, max_queue, req.safe_mode)
             if len(live) == 1 and max_replicas <= 1:
                 return self._send(live[0])  # the common case: no probe needed
             loads = await self._loads(live)
@@ -112,7 +115,7 @@ class Scheduler:
                     log.info("no replica for %s: %s", model.reference, exc)
                 else:
                     log.info("queue of %s is growing: starting replica %d", model.reference, len(live) + 1)
-                    return await self._spawn(model, config, need, max_queue)
+                    return await self._spawn(model, config, need, max_queue, req.safe_mode)
             return self._send(best)
 
     def _live(self, config: Config) -> list[WorkerInfo]:
@@ -123,10 +126,14 @@ class Scheduler:
                 out.append(w.info)
         return out
 
-    async def _spawn(self, model: ModelInfo, config: Config, need: int, max_queue: int) -> WorkerInfo:
+    async def _spawn(
+        self, model: ModelInfo, config: Config, need: int, max_queue: int, safe_policy: str
+    ) -> WorkerInfo:
+        safe, why = await asyncio.to_thread(self.safe_mode.initial, safe_policy)
         info = await self.supervisor.spawn(
-            model, config.backend, config.device, config.n_ctx, max_queue=max_queue
-        )
+            model, config.backend, config.device, config.n_ctx, safe_mode=safe,
+            safe_reason=why, safe_policy=safe_policy, max_queue=max_queue,
+        )  # fmt: skip
         self._routed[info.id] = _Routed(need_mb=need, config=config, sent=[time.monotonic()])
         self._forget_gone()
         return info.model_copy(update={"spawned": True})

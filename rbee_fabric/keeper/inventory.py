@@ -41,6 +41,7 @@ class NodeEntry(BaseModel):
     local: bool = False
     max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0, le=100_000)
     max_replicas: int = Field(default=1, ge=1, le=64)
+    safe_mode: Literal["auto", "on", "off"] = "auto"
 
 
 class InventoryFile(BaseModel):
@@ -67,6 +68,7 @@ class Node:
     source: str = "built-in"
     max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait per worker
     max_replicas: int = 1  # workers one model configuration may have
+    safe_mode: str = "auto"  # llama.cpp extra buffer types: auto (off after a crash), on, off
 
     @property
     def reach(self) -> str:
@@ -173,5 +175,6 @@ def load(explicit: str | None = None) -> Inventory:
             source=str(path),
             max_queue=entry.max_queue,
             max_replicas=entry.max_replicas,
+            safe_mode=entry.safe_mode,
         )
     return Inventory(nodes=nodes, path=path)
