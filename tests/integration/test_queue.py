@@ -168,7 +168,7 @@ def test_a_full_queue_answers_queue_full_with_retry_after(scripted_hive: Hive, t
 def test_a_cancelled_queued_request_never_runs(slow_worker: dict[str, Any]) -> None:
     h = slow_worker["hive"]
     out: dict[str, list[Any]] = {}
-    first = threading.Thread(target=generate, args=(slow_worker, "running", 30, out))
+    first = threading.Thread(target=generate, args=(slow_worker, "running", 400, out))  # 20 s, stopped below
     first.start()
     time.sleep(0.3)
     deleted = threading.Thread(target=generate, args=(slow_worker, "deleted", 30, out))
@@ -189,6 +189,7 @@ def test_a_cancelled_queued_request_never_runs(slow_worker: dict[str, Any]) -> N
     gone.kill()
     gone.wait()
     assert wait_for(lambda: ready(slow_worker["url"], h.headers)["queued"] == 1)
+    assert httpx.delete(f"{slow_worker['url']}/v1/inference/running", headers=h.headers).status_code == 200
     for t in (first, deleted, last):
         t.join(60)
     done = [e for e in out["deleted"] if isinstance(e, dict) and e.get("done")]
