@@ -7,6 +7,7 @@ import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rbee_fabric.db import open_db
 from rbee_fabric.ggufmeta import read_info
@@ -34,7 +35,7 @@ class Catalog:
                     id TEXT PRIMARY KEY, reference TEXT NOT NULL UNIQUE, path TEXT NOT NULL,
                     size_bytes INTEGER NOT NULL, sha256 TEXT, architecture TEXT,
                     quantization TEXT, context_length INTEGER, parameter_count INTEGER,
-                    added_at TEXT NOT NULL)""",
+                    added_at TEXT NOT NULL, chat_template INTEGER)""",
             ],
         )
 
@@ -44,12 +45,12 @@ class Catalog:
     def list(self) -> list[ModelInfo]:
         with self._lock:
             rows = list(self._db[_TABLE].rows_where(order_by="added_at"))
-        return [ModelInfo(**row) for row in rows]
+        return [_info(row) for row in rows]
 
     def get(self, model_id: str) -> ModelInfo | None:
         with self._lock:
             rows = list(self._db[_TABLE].rows_where("id = ?", [model_id]))
-        return ModelInfo(**rows[0]) if rows else None
+        return _info(rows[0]) if rows else None
 
     def find(self, reference: str) -> ModelInfo | None:
         """The entry for a canonical reference, if its file is still there intact."""
@@ -57,11 +58,13 @@ class Catalog:
             rows = list(self._db[_TABLE].rows_where("reference = ?", [reference]))
         if not rows:
             return None
-        info = ModelInfo(**rows[0])
+        info = _info(rows[0])
         path = Path(info.path)
         if not path.is_file() or path.stat().st_size != info.size_bytes:
             self.remove(info.id)  # the file went away or changed: forget it
             return None
+        if rows[0].get("chat_template") is None:  # registered before rbee read templates
+            return self.register(info.reference, path, info.sha256)
         return info
 
     def register(self, reference: str, path: Path, sha256: str | None = None) -> ModelInfo:
@@ -77,16 +80,22 @@ class Catalog:
             quantization=meta.quantization,
             context_length=meta.context_length,
             parameter_count=meta.parameter_count,
+            chat_template=meta.chat_template,
             added_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         with self._lock:
-            self._db[_TABLE].upsert(info.model_dump(), pk="id")  # type: ignore[union-attr]
+            self._db[_TABLE].upsert(info.model_dump(), pk="id", alter=True)  # type: ignore[union-attr]
         return info
 
     def remove(self, model_id: str) -> bool:
         with self._lock:
             cur = self._db.execute(f"DELETE FROM {_TABLE} WHERE id = ?", [model_id])
         return cur.rowcount > 0
+
+
+def _info(row: dict[str, Any]) -> ModelInfo:
+    """A catalog row as ModelInfo; rows written before a column existed hold None there."""
+    return ModelInfo(**{k: v for k, v in row.items() if v is not None})
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

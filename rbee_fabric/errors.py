@@ -179,6 +179,15 @@ class ConnectionLost(RbeeError):
     http_status = 502
 
 
+class NoChatTemplate(RbeeError):
+    """A chat request the model cannot render: no template, no known format."""
+
+    code = "NO_CHAT_TEMPLATE"
+    http_status = 400
+    exit_code = EXIT_USAGE
+    default_hint = "name a chat format with --chat-format, or use --raw"
+
+
 class WorkerCrashed(RbeeError):
     code = "WORKER_CRASHED"
     http_status = 502
@@ -262,6 +271,7 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         ContextTooLong,
         QueueTimeout,
         ConnectionLost,
+        NoChatTemplate,
         WorkerCrashed,
         WorkerStartFailed,
         WorkerNotFound,
@@ -296,3 +306,4 @@ def from_envelope(body: Any, *, status: int | None = None) -> RbeeError:
         )
     hint = details.pop("hint", None)
     return error_class(code)(message, hint=hint, details=details)
+

@@ -47,6 +47,8 @@ class GGUFInfo:
     head_count: int | None
     head_count_kv: int | None
     key_length: int | None
+    # The file carries a Jinja2 chat template (`tokenizer.chat_template`).
+    chat_template: bool = False
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         """Bytes of an f16 KV cache for n_ctx tokens (0 when the header lacks the sizes)."""
@@ -132,4 +134,11 @@ def read_info(path: str | Path) -> GGUFInfo:
         head_count=arch_int("attention.head_count"),
         head_count_kv=arch_int("attention.head_count_kv"),
         key_length=arch_int("attention.key_length"),
+        chat_template=has_chat_template(kv),
     )
+
+
+def has_chat_template(kv: dict[str, Any]) -> bool:
+    """Whether the key/values of a header include a non-empty chat template."""
+    template = kv.get("tokenizer.chat_template")
+    return isinstance(template, str) and bool(template.strip())

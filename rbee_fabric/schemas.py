@@ -61,6 +61,8 @@ class ModelInfo(Message):
     context_length: int | None = None
     parameter_count: int | None = None
     added_at: str
+    # The GGUF carries its own chat template (`rbee infer` then answers through it).
+    chat_template: bool = False
 
 
 class ModelList(Message):

@@ -65,7 +65,10 @@ def infer(
     model: Annotated[str, typer.Option("--model", "-m", help="gemma3-270m, file:/abs/x.gguf, hf:ORG/REPO[:FILE|:QUANT]")],
     node: NodeOpt = "localhost",
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="prompt (read from stdin if omitted)")] = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate")] = 20,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="cap on generated tokens (default: a chat answer runs to the end of its turn; raw completion stops at 256)")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="system prompt (chat)")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="plain completion even if the model has a chat template")] = False,
+    chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format to render with (gemma, llama-3, chatml, ...)")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, max=10.0)] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
     seed: Annotated[int | None, typer.Option(min=0, help="sampling seed")] = None,
@@ -103,7 +106,12 @@ def infer(
         model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, seed=seed, backend=backend, device=device, timeout=timeout,
         retry=retry, n_ctx=ctx_size, start_hive=start_hive, queue_timeout=queue_timeout,
+        system=system, raw=raw, chat_format=chat_format,
     )  # fmt: skip
+    if raw and chat_format:
+        from rbee_fabric.cli.ui import fail
+
+        fail(UsageError("--raw and --chat-format contradict each other", hint="choose one"))
     reporter = TerminalReporter(quiet_tokens=as_json)
 
     async def main() -> Any:
@@ -124,6 +132,7 @@ def infer(
             "tokens_per_second": round(summary.tokens_per_second, 2),
             "worker_id": summary.worker_id, "reused_worker": summary.reused,
             "stop_reason": summary.stop_reason, "queued_s": round(summary.queued_s, 3),
+            "prompt_tokens": summary.prompt_tokens, "rendered_as": summary.rendered_as,
         }))  # fmt: skip
         return
     sys.stdout.write("\n")
@@ -146,4 +155,4 @@ def version() -> None:
     print(f"rbee-fabric {__version__}")
 
 
-from rbee_fabric.cli import commands  # noqa: E402,F401  (registers the sub-commands)
+from rbee_fabric.cli import chat, commands  # noqa: E402,F401  (registers the sub-commands)

@@ -104,7 +104,7 @@ class Endpoint:
         with self._mapped():
             kwargs: dict[str, Any] = {}
             if body is not None:
-                kwargs["json"] = body.model_dump(exclude_none=True)
+                kwargs["json"] = _body(body)
             if timeout is not None:
                 kwargs["timeout"] = timeout
             r = await self.http.request(method, path, **kwargs)
@@ -117,7 +117,7 @@ class Endpoint:
         """Yield SSE payloads; an error answer raises before the first one."""
         kwargs: dict[str, Any] = {"timeout": httpx.Timeout(None, connect=3.0)}
         if body is not None:
-            kwargs["json"] = body.model_dump(exclude_none=True)
+            kwargs["json"] = _body(body)
         with self._mapped():
             async with self.http.stream(method, path, **kwargs) as r:
                 if r.status_code >= 400:
@@ -125,6 +125,12 @@ class Endpoint:
                     self._check(r)
                 async for event in sse.decode(r.aiter_lines()):
                     yield event
+
+
+def _body(body: BaseModel) -> dict[str, Any]:
+    """The JSON of a request: the fields it sets, None included (max_tokens=None
+    means "until the end of the turn", not "the default cap")."""
+    return body.model_dump(mode="json", exclude_unset=True)
 
 
 def _reason(exc: Exception) -> str:

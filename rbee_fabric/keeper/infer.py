@@ -8,7 +8,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from rbee_fabric import contextfit, modelref, paths
 from rbee_fabric.errors import (
@@ -29,6 +29,7 @@ from rbee_fabric.keeper.inventory import DEFAULT_MAX_QUEUE
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import (
+    ChatMessage,
     DoneEvent,
     DownloadProgress,
     InferenceRequest,
@@ -40,13 +41,20 @@ from rbee_fabric.schemas import (
 )
 
 FAIL_FAST_ERRORS = 10
+RAW_MAX_TOKENS = 256  # a raw completion has no end of turn: cap it (a paragraph fits)
 
 
 @dataclass
 class InferOptions:
     model: str
-    prompt: str
-    max_tokens: int = 20
+    prompt: str = ""
+    # None: a chat answer runs to the end of its turn, a raw one to RAW_MAX_TOKENS.
+    max_tokens: int | None = None
+    system: str | None = None
+    raw: bool = False  # plain completion even when the model has a chat template
+    chat_format: str | None = None  # render chat with this format (implies chat)
+    # Set by the flow: the conversation sent to the worker (None: raw completion).
+    messages: list[ChatMessage] | None = None
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int | None = None
@@ -68,6 +76,8 @@ class Summary:
     reused: bool
     stop_reason: str = "stop"
     queued_s: float = 0.0  # time spent waiting in the worker's queue (not in seconds)
+    prompt_tokens: int = 0
+    rendered_as: str | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -98,13 +108,66 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class Acquired:
+    """A ready worker for the flow's model, and whether the model has a chat template."""
+
+    run: _Run
+    rec: WorkerRecord
+    reused: bool
+    chat_template: bool
+
+
 async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Registry) -> Summary:
     """Run the whole flow on one node; raises RbeeError subclasses on failure."""
+    got = await acquire(t, opts, out, registry)
+    if use_chat(opts, got.chat_template):
+        opts.messages = [ChatMessage(role="user", content=opts.prompt)]
+        if opts.system:
+            opts.messages.insert(0, ChatMessage(role="system", content=opts.system))
+        out.info(
+            f"answering through the chat format {opts.chat_format}" if opts.chat_format
+            else "answering through the model's chat template (--raw for plain completion)"
+        )
+    else:
+        opts.messages = None
+        out.info(
+            "raw completion (--raw): the model continues the prompt" if opts.raw
+            else "this model has no chat template: raw completion, the model continues the prompt"
+            + (" (--system is not used; --chat-format NAME renders a chat)" if opts.system else "")
+        )
+    return await _inference(got.run, got.rec, reused=got.reused)
+
+
+def use_chat(opts: InferOptions, chat_template: bool) -> bool:
+    """Chat when a format is named, else when the model has a template and --raw is off."""
+    if opts.chat_format:
+        return True
+    return chat_template and not opts.raw
+
+
+def build_request(o: InferOptions, request_id: str) -> InferenceRequest:
+    """The worker request: the conversation when there is one, else the raw prompt."""
+    common: dict[str, Any] = {
+        "temperature": o.temperature, "top_p": o.top_p, "seed": o.seed, "request_id": request_id,
+    }  # fmt: skip
+    if o.messages is not None:
+        return InferenceRequest.model_validate(
+            {"messages": o.messages, "chat_format": o.chat_format, "max_tokens": o.max_tokens}
+            | common
+        )
+    return InferenceRequest.model_validate(
+        {"prompt": o.prompt, "max_tokens": o.max_tokens or RAW_MAX_TOKENS} | common
+    )
+
+
+async def acquire(t: Transport, opts: InferOptions, out: Reporter, registry: Registry) -> Acquired:
+    """Steps 1 to 7: a ready worker for the model on the node (reused or started)."""
     ref = modelref.parse(opts.model).canonical  # bad references fail before any I/O
     run = _Run(t, opts, out, registry, ref)
     # Step 1: registry hit -> straight to inference.
     if (hit := await _registry_hit(run)) is not None:
-        return await _inference(run, hit, reused=True)
+        return Acquired(run, hit, True, await _has_template(run))
     # Step 2: hive preflight (start it if needed).
     hive = await hivectl.connect_hive(t)
     try:
@@ -150,8 +213,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
                      f"{info.safe_mode_reason}; decode may be slower")  # fmt: skip
     finally:
         await hive.aclose()
-    # Step 8.
-    return await _inference(run, rec, reused=not info.spawned)
+    return Acquired(run, rec, not info.spawned, model.chat_template)
 
 
 def _node_settings(t: Transport) -> dict[str, int]:
@@ -164,22 +226,29 @@ def _node_settings(t: Transport) -> dict[str, int]:
     return out
 
 
-def _request(o: InferOptions, request_id: str | None = None) -> InferenceRequest:
-    return InferenceRequest(
-        prompt=o.prompt, max_tokens=o.max_tokens, temperature=o.temperature,
-        top_p=o.top_p, seed=o.seed, request_id=request_id,
-    )  # fmt: skip
-
-
 async def _check_context(run: _Run, hive: HiveClient, model: ModelInfo) -> None:
     """CONTEXT_TOO_LONG before loading; the node counts tokens only for a long prompt."""
     limit = model.context_length
     n_ctx = min(run.opts.n_ctx, limit or run.opts.n_ctx)
-    req = _request(run.opts)
+    req = build_request(run.opts, "context-check")
     if contextfit.surely_fits(req, n_ctx):
         return  # the common case costs nothing
     count = await hive.count_tokens(model.id, contextfit.text_of(req))
     contextfit.check(req, count.tokens, n_ctx, limit=limit)
+
+
+async def _has_template(run: _Run) -> bool:
+    """Whether the node's catalog says the model has a chat template (reused worker)."""
+    if run.opts.raw or run.opts.chat_format:
+        return False  # decided by the options; no need to ask
+    hive = await hivectl.connect_hive(run.t)
+    try:
+        models = (await hive.models()).models
+    except RbeeError:
+        return False
+    finally:
+        await hive.aclose()
+    return any(m.reference == run.ref and m.chat_template for m in models)
 
 
 async def _registry_hit(run: _Run) -> WorkerRecord | None:
@@ -331,7 +400,7 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
     """Step 8: wait in the worker's queue, stream tokens; handle crash, loss and Ctrl+C."""
     o = run.opts
     request_id = uuid.uuid4().hex
-    req = _request(o, request_id)
+    req = build_request(o, request_id)
     worker = await hivectl.connect_worker(run.t, rec.url)
     pieces: list[str] = []
     t0 = time.monotonic()
@@ -406,6 +475,8 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
         reused=reused,
         stop_reason=done.stop_reason,
         queued_s=queued_s,
+        prompt_tokens=done.prompt_tokens,
+        rendered_as=done.rendered_as,
     )
 
 
@@ -452,7 +523,7 @@ def _crashed(run: _Run, rec: WorkerRecord, request_id: str, pieces: list[str]) -
     path, text = _save_partial(request_id, pieces)
     return WorkerCrashed(
         f"worker {rec.id} on {run.t.node.name} stopped mid-generation "
-        f"(tokens generated {len(pieces)} / {run.opts.max_tokens})",
+        f"(tokens generated {len(pieces)} / {run.opts.max_tokens or 'end of turn'})",
         hint=f"the partial output is saved in {path}; run the command again "
         "to start a fresh worker",
         details={"saved_to": path, "tokens": len(pieces), "partial_text": text},

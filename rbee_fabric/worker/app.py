@@ -323,8 +323,7 @@ async def _generate(
                 yield sse.encode(TokenEvent(token=str(value), index=index))
                 index += 1
             elif kind == "error":
-                body = {"code": "GENERATION_FAILED", "message": str(value), "details": {}}
-                yield sse.encode(ErrorEnvelope.model_validate({"error": body}))
+                yield sse.encode(_error_event(value))
                 return
             else:
                 duration_ms = int((time.monotonic() - started) * 1000)
@@ -333,6 +332,8 @@ async def _generate(
                         total_tokens=result.tokens,
                         duration_ms=duration_ms,
                         stop_reason=result.stop_reason,  # type: ignore[arg-type]
+                        prompt_tokens=result.prompt_tokens,
+                        rendered_as=result.rendered_as,
                     )
                 )
                 yield sse.encode(sse.DONE)
@@ -346,6 +347,14 @@ async def _generate(
             w.cleanup = asyncio.get_running_loop().create_task(_release_after(w, current, thread))
         else:
             _release(w, current)
+
+
+def _error_event(exc: object) -> ErrorEnvelope:
+    """A generation error as an SSE error event; typed errors keep their code."""
+    if isinstance(exc, RbeeError):
+        return ErrorEnvelope.model_validate(exc.envelope())
+    body = {"code": "GENERATION_FAILED", "message": str(exc), "details": {}}
+    return ErrorEnvelope.model_validate({"error": body})
 
 
 async def _release_after(w: WorkerState, current: _Current, thread: threading.Thread) -> None:

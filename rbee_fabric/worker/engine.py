@@ -6,6 +6,7 @@ This is the only module that imports llama_cpp, and it does so lazily.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -15,7 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rbee_fabric.errors import ContextTooLong
 from rbee_fabric.schemas import InferenceRequest
+from rbee_fabric.worker.chat import ChatTemplates, TokenInfo
+from rbee_fabric.worker.textfilter import SpecialTokenFilter, is_special
+
+log = logging.getLogger("rbee.worker")
 
 ProgressFn = Callable[[float], bool]
 """Called with 0.0..1.0 while loading; returning False aborts the load."""
@@ -30,6 +36,8 @@ class Generation:
 
     stop_reason: str = "stop"
     tokens: int = 0
+    prompt_tokens: int = 0
+    rendered_as: str | None = None
 
 
 class Engine(Protocol):
@@ -61,6 +69,8 @@ class LlamaEngine:
         self.n_ctx = n_ctx
         self.safe_mode = safe_mode
         self._llm: Any = None
+        self.chat = ChatTemplates({}, TokenInfo())
+        self.specials: list[str] = []
 
     def load(self, progress: ProgressFn) -> None:
         import llama_cpp
@@ -74,6 +84,34 @@ class LlamaEngine:
                 main_gpu=self.device,
                 verbose=False,
             )
+        self._learn_vocab()
+
+    def _learn_vocab(self) -> None:
+        """The chat template, end-of-turn token and special token strings of the model."""
+        import llama_cpp
+
+        llm = self._llm
+        vocab = llm._model.vocab
+        text_of = llm._model.token_get_text
+
+        def text(i: int) -> str:
+            return str(text_of(i)) if i >= 0 else ""
+
+        bos, eos = llm.token_bos(), llm.token_eos()
+        eot = int(llama_cpp.llama_vocab_eot(vocab))
+        self.chat = ChatTemplates(
+            dict(llm.metadata),
+            TokenInfo(bos=text(bos), eos=text(eos), eos_id=eos, eot_id=eot, text_of=text),
+        )
+        n = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self.specials = [
+            t for i in range(n)
+            if is_special(t := text(i), int(llama_cpp.llama_vocab_get_attr(vocab, i)))
+        ]  # fmt: skip
+        log.info(
+            "chat: %s; %d special tokens kept out of the text",
+            self.chat.default_name() or "no template, no known format", len(self.specials),
+        )
 
     def warm_up(self) -> None:
         """Evaluate a short batch, then one token, then forget them, as llama.cpp's tools do.
@@ -95,17 +133,43 @@ class LlamaEngine:
     def generate(
         self, req: InferenceRequest, cancel: threading.Event, result: Generation
     ) -> Iterator[str]:
+        llm = self._llm
+        stop = list(req.stop)
+        if req.messages is not None:
+            rendered = self.chat.render(req.messages, req.chat_format)
+            tokens = llm.tokenize(
+                rendered.prompt.encode("utf-8"), add_bos=rendered.add_bos, special=True
+            )
+            stop += [s for s in rendered.stop if s not in stop]
+            result.rendered_as = rendered.rendered_as
+        else:
+            assert req.prompt is not None
+            tokens = llm.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True)
+            result.rendered_as = "raw"
+        result.prompt_tokens = len(tokens)
+        n_ctx = llm.n_ctx()
+        # A chat turn needs room to answer; a raw prompt needs one token at least.
+        room = 1 if req.messages is None else min(req.max_tokens or n_ctx // 4, n_ctx // 4)
+        if len(tokens) + room > n_ctx:
+            raise ContextTooLong(
+                f"the prompt is {len(tokens)} tokens and the context holds {n_ctx}"
+                + ("" if req.messages is None else f" (with {room} left for the answer)"),
+                details={"prompt_tokens": len(tokens), "n_ctx": n_ctx},
+            )
         kwargs: dict[str, Any] = {
-            "max_tokens": req.max_tokens,
+            # None: until the end of the turn, bounded by the context.
+            "max_tokens": req.max_tokens if req.max_tokens is not None else -1,
             "temperature": req.temperature,
             "top_p": req.top_p,
             "stream": True,
+            "stop": stop,
         }
         if req.seed is not None:
             kwargs["seed"] = req.seed
-        if req.prompt is None:
-            raise ValueError("chat messages are not supported by this worker yet")
-        stream = self._llm.create_completion(req.prompt, **kwargs)
+        if (grammar := _grammar(req)) is not None:
+            kwargs["grammar"] = grammar
+        stream = llm.create_completion(tokens, **kwargs)
+        clean = SpecialTokenFilter(self.specials)
         try:
             for chunk in stream:
                 if cancel.is_set():
@@ -114,11 +178,13 @@ class LlamaEngine:
                 choice = chunk["choices"][0]
                 finish = choice.get("finish_reason")
                 if finish is None:
-                    result.tokens += 1  # the closing chunk carries no token
+                    result.tokens += 1  # stream chunks, about one a token
                 else:
                     result.stop_reason = "length" if finish == "length" else "stop"
-                if text := choice.get("text", ""):
+                if text := clean.feed(choice.get("text", "")):
                     yield text
+            if tail := clean.flush():
+                yield tail
         finally:
             stream.close()
 
@@ -129,6 +195,19 @@ class LlamaEngine:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+def _grammar(req: InferenceRequest) -> Any:
+    """A grammar for `response_format` json_object / json_schema (None for text)."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if fmt.type == "json_schema" and fmt.json_schema:
+        schema = fmt.json_schema.get("schema", fmt.json_schema)  # OpenAI nests it
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
 
 @contextlib.contextmanager
@@ -209,6 +288,13 @@ class ScriptedEngine:
         self, req: InferenceRequest, cancel: threading.Event, result: Generation
     ) -> Iterator[str]:
         result.stop_reason = "length"
+        if req.messages is not None:
+            result.rendered_as = req.chat_format or "scripted-chat"
+            words = sum(len(m.content.split()) + 2 for m in req.messages)
+        else:
+            result.rendered_as = "raw"
+            words = len((req.prompt or "").split())
+        result.prompt_tokens = words
         for i in range(req.max_tokens or 20):
             if cancel.wait(self.delay):
                 result.stop_reason = "canceled"
