@@ -19,6 +19,8 @@
     ├── AllSlotsBusy               ALL_SLOTS_BUSY (503)
     ├── QueueFull                  QUEUE_FULL (429, details.retry_after_s)
     ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx)
+    ├── QueueTimeout               QUEUE_TIMEOUT (504, waited past --queue-timeout)
+    ├── ConnectionLost             CONNECTION_LOST (stream broke, worker alive)
     ├── WorkerCrashed              WORKER_CRASHED
     ├── WorkerStartFailed          WORKER_START_FAILED
     ├── WorkerNotFound             WORKER_NOT_FOUND (404)
@@ -201,6 +203,21 @@ class ContextTooLong(RbeeError):
     default_hint = "use a larger --ctx-size or a shorter prompt"
 
 
+class QueueTimeout(RbeeError):
+    """The request waited in a worker's queue longer than the keeper's --queue-timeout."""
+
+    code = "QUEUE_TIMEOUT"
+    http_status = 504
+    default_hint = "raise --queue-timeout, or allow more workers (max_replicas in the inventory)"
+
+
+class ConnectionLost(RbeeError):
+    """The stream broke but the worker is alive (SSH or network drop), not a crash."""
+
+    code = "CONNECTION_LOST"
+    http_status = 502
+
+
 class NoChatTemplate(RbeeError):
     """A chat request the model cannot render: no template, no known format."""
 
@@ -295,6 +312,8 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         AllSlotsBusy,
         QueueFull,
         ContextTooLong,
+        QueueTimeout,
+        ConnectionLost,
         NoChatTemplate,
         WorkerCrashed,
         WorkerStartFailed,

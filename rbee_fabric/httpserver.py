@@ -32,7 +32,10 @@ OPEN_PATHS = frozenset({"/v1/health"})
 
 
 def error_response(err: RbeeError) -> JSONResponse:
-    return JSONResponse(err.envelope(), status_code=err.http_status)
+    headers = {}
+    if (retry := err.details.get("retry_after_s")) is not None:
+        headers["Retry-After"] = str(retry)  # QUEUE_FULL: when to come back
+    return JSONResponse(err.envelope(), status_code=err.http_status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -122,13 +122,33 @@ class DownloadProgress(Message):
 
 
 class SpawnRequest(Message):
+    """A worker for this configuration: an existing one (least loaded), or a new one.
+
+    `max_queue` and `max_replicas` are the node's settings from the keeper's
+    inventory (None: the hive's defaults, 64 and 1).
+    """
+
     model_id: str = Field(min_length=1)
     backend: Backend = "auto"
     device: int = Field(default=0, ge=0)
     n_ctx: int = Field(default=2048, ge=16, le=1_048_576)
+    max_queue: int | None = Field(default=None, ge=0, le=100_000)
+    max_replicas: int | None = Field(default=None, ge=1, le=64)
+
     # auto: safe mode (llama.cpp extra buffer types off) after an engine crash
     # while loading, and from then on for this node's build; on/off: forced.
     safe_mode: Literal["auto", "on", "off"] = "auto"
+
+
+class TokenCountRequest(Message):
+    text: str = Field(max_length=64_000_000)
+
+
+class TokenCount(Message):
+    """Tokens of a text with a model's vocabulary (BOS included)."""
+
+    tokens: int
+    context_length: int | None = None
 
 
 class WorkerInfo(Message):
@@ -147,6 +167,8 @@ class WorkerInfo(Message):
     safe_mode: bool = False
     safe_mode_reason: str | None = None
     queued: int = 0
+    # True only in the answer to the spawn request that started this worker.
+    spawned: bool = False
 
 
 class WorkerList(Message):
@@ -192,6 +214,8 @@ class WorkerReady(Message):
     progress_url: str
     model: str
     idle_seconds: float | None = None
+    queued: int = 0  # requests waiting for the slot
+    n_ctx: int | None = None
 
 
 class LoadingProgress(Message):

@@ -76,6 +76,7 @@ def infer(
     backend: Annotated[str, typer.Option(help="auto, cpu, cuda or metal")] = "auto",
     device: Annotated[int, typer.Option(min=0, help="GPU index")] = 0,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the model to load")] = 300.0,
+    queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = 600.0,
     retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = 3,
     ctx_size: Annotated[int, typer.Option("--ctx-size", min=16, help="context length")] = 2048,
     start_hive: Annotated[bool, typer.Option(help="start the hive if it is not running")] = True,
@@ -105,8 +106,8 @@ def infer(
     opts = InferOptions(
         model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, seed=seed, backend=backend, device=device, timeout=timeout,
-        retry=retry, n_ctx=ctx_size, start_hive=start_hive, system=system, raw=raw,
-        chat_format=chat_format,
+        retry=retry, n_ctx=ctx_size, start_hive=start_hive, queue_timeout=queue_timeout,
+        system=system, raw=raw, chat_format=chat_format,
     )  # fmt: skip
     if raw and chat_format:
         from rbee_fabric.cli.ui import fail
@@ -131,8 +132,8 @@ def infer(
             "first_token_s": round(summary.first_token_s, 3),
             "tokens_per_second": round(summary.tokens_per_second, 2),
             "worker_id": summary.worker_id, "reused_worker": summary.reused,
-            "stop_reason": summary.stop_reason, "prompt_tokens": summary.prompt_tokens,
-            "rendered_as": summary.rendered_as,
+            "stop_reason": summary.stop_reason, "queued_s": round(summary.queued_s, 3),
+            "prompt_tokens": summary.prompt_tokens, "rendered_as": summary.rendered_as,
         }))  # fmt: skip
         return
     sys.stdout.write("\n")
@@ -141,7 +142,8 @@ def infer(
         f"[dim]{summary.tokens} tokens in {summary.seconds:.2f} s "
         f"({summary.tokens_per_second:.1f} tokens/s), first token after "
         f"{summary.first_token_s:.2f} s, worker {summary.worker_id}"
-        f"{' (reused)' if summary.reused else ''}[/dim]"
+        f"{' (reused)' if summary.reused else ''}"
+        f"{f', {summary.queued_s:.2f} s in the queue' if summary.queued_s else ''}[/dim]"
     )
 
 

@@ -15,12 +15,13 @@ from fastapi.responses import StreamingResponse
 from rbee_fabric import __version__, sse
 from rbee_fabric.catalog import Catalog
 from rbee_fabric.errors import ModelNotFound, WorkerNotFound
-from rbee_fabric.ggufmeta import read_info
+from rbee_fabric.hive import vocab
 from rbee_fabric.hive.provision import Provisioner
 from rbee_fabric.hive.safemode import SafeModeStore
+from rbee_fabric.hive.scheduler import Scheduler
 from rbee_fabric.hive.supervisor import Supervisor, SupervisorSettings
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
-from rbee_fabric.resources import check_fit, gather, llama_backend_probe, pick_backend, required_mb
+from rbee_fabric.resources import gather, llama_backend_probe
 from rbee_fabric.schemas import (
     Ack,
     DownloadRequest,
@@ -31,6 +32,8 @@ from rbee_fabric.schemas import (
     RegisterRequest,
     Resources,
     SpawnRequest,
+    TokenCount,
+    TokenCountRequest,
     WorkerInfo,
     WorkerList,
     WorkerReadyCallback,
@@ -78,6 +81,7 @@ class Hive:
             )
         )
         self._llama_backend = settings.llama_backend
+        self.scheduler = Scheduler(self.supervisor, self.resources, settings.api_key, self.safe_mode)
 
     async def llama_backend(self) -> str:
         if self._llama_backend is None:
@@ -104,6 +108,7 @@ def create_app(settings: HiveSettings) -> FastAPI:
             log.info("rbee-hive stopping: stopping %d worker(s)", len(hive.supervisor.workers))
             await hive.provisioner.close()
             await hive.supervisor.close()
+            await hive.scheduler.close()
             hive.catalog.close()
 
     app = FastAPI(title="rbee-hive", version=__version__, lifespan=lifespan)
@@ -167,24 +172,16 @@ def create_app(settings: HiveSettings) -> FastAPI:
 
     @app.post("/v1/workers/spawn", response_model=WorkerInfo)
     async def spawn(req: SpawnRequest) -> WorkerInfo:
+        """A worker for the configuration: reused, routed to, or started (scheduler.py)."""
         h = hive()
-        model = h.catalog.get(req.model_id)
-        if model is None:
-            raise ModelNotFound(
-                f"no model {req.model_id!r} in this node's catalog",
-                hint="provision it first (POST /v1/models/download)",
-            )
-        res = await h.resources()
-        backend = pick_backend(req.backend, res)
-        meta = await asyncio.to_thread(read_info, model.path)
-        n_ctx = min(req.n_ctx, meta.context_length or req.n_ctx)
-        need = required_mb(model.size_bytes, meta.kv_cache_bytes(n_ctx))
-        check_fit(need, backend, req.device, res, model.reference)
-        safe, why = await asyncio.to_thread(h.safe_mode.initial, req.safe_mode)
-        return await h.supervisor.spawn(
-            model, backend, req.device, n_ctx, safe_mode=safe, safe_reason=why,
-            safe_policy=req.safe_mode,
-        )  # fmt: skip
+        return await h.scheduler.worker_for(_model(h, req.model_id), req)
+
+    @app.post("/v1/models/{model_id}/tokens", response_model=TokenCount)
+    async def count_tokens(model_id: str, req: TokenCountRequest) -> TokenCount:
+        """Tokens of a prompt with the model's vocabulary: the weights are not loaded."""
+        model = _model(hive(), model_id)
+        tokens = await asyncio.to_thread(vocab.count_tokens, model.path, req.text)
+        return TokenCount(tokens=tokens, context_length=model.context_length)
 
     @app.post("/v1/workers/ready", response_model=Ack)
     async def worker_ready(cb: WorkerReadyCallback) -> Ack:
@@ -206,3 +203,13 @@ def create_app(settings: HiveSettings) -> FastAPI:
         return Ack(message=f"worker {worker_id} stopped")
 
     return app
+
+
+def _model(h: Hive, model_id: str) -> ModelInfo:
+    model = h.catalog.get(model_id)
+    if model is None:
+        raise ModelNotFound(
+            f"no model {model_id!r} in this node's catalog",
+            hint="provision it first (POST /v1/models/download)",
+        )
+    return model

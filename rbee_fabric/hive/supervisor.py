@@ -115,6 +115,7 @@ class Supervisor:
     async def spawn(
         self, model: ModelInfo, backend: str, device: int, n_ctx: int, *,
         safe_mode: bool = False, safe_reason: str | None = None, safe_policy: str = "auto",
+        max_queue: int = 64,
     ) -> WorkerInfo:  # fmt: skip
         wid = f"w-{uuid.uuid4().hex[:10]}"
         port = free_port(self.s.host, *self.s.port_range)
@@ -128,13 +129,14 @@ class Supervisor:
             "--host", self.s.host, "--port", str(port),
             "--hive-url", self.s.hive_url,
             "--backend", backend, "--device", str(device), "--n-ctx", str(n_ctx),
-            "--key-file", self.s.key_file,
+            "--key-file", self.s.key_file, "--max-queue", str(max_queue),
         ]  # fmt: skip
         proc = await self._launch([*cmd, "--safe-mode"] if safe_mode else cmd, log_path)
         info = WorkerInfo(
             id=wid, model_id=model.id, model_reference=model.reference, url=url,
             pid=proc.pid, backend=backend, device=device, state="starting",
             started_at=time.time(), safe_mode=safe_mode, safe_mode_reason=safe_reason,
+            n_ctx=n_ctx,
         )  # fmt: skip
         worker = _Worker(info=info, proc=proc, log_path=log_path, cmd=cmd, safe_policy=safe_policy)
         self.workers[wid] = worker
@@ -310,8 +312,9 @@ class Supervisor:
                 w.probe_failures = 0
                 idle = ready.get("idle_seconds")
                 w.info = w.info.model_copy(
-                    update={"state": ready.get("state", w.info.state), "idle_seconds": idle}
-                )
+                    update={"state": ready.get("state", w.info.state), "idle_seconds": idle,
+                            "queued": int(ready.get("queued", 0))}
+                )  # fmt: skip
                 if idle is not None and idle > self.s.idle_timeout_s:
                     task = asyncio.create_task(self.stop(wid, reason=f"idle for {idle:.0f} s"))
                     self._stopping.add(task)

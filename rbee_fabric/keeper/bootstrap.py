@@ -68,8 +68,10 @@ def parse_probe(text: str) -> PythonFacts:
 def source_dir() -> Path:
     """Where the keeper's rbee-fabric was installed from (to build its wheel).
 
-    The source of the package actually imported comes first: a node must run
-    the very code the keeper runs (same version string, same health proof).
+    The source of the package actually imported comes first (an editable
+    install, or PYTHONPATH pointing at another checkout): a node must run the
+    very code the keeper runs (same version string, same health proof); then
+    the install's recorded source.
     """
     here = Path(__file__).resolve().parents[2]
     if (here / "pyproject.toml").exists() and (here / "rbee_fabric").is_dir():

@@ -34,6 +34,8 @@ from rbee_fabric.schemas import (
     RegisterRequest,
     Resources,
     SpawnRequest,
+    TokenCount,
+    TokenCountRequest,
     WorkerInfo,
     WorkerList,
     WorkerReady,
@@ -254,6 +256,10 @@ class HiveClient(Endpoint):
 
     async def spawn(self, req: SpawnRequest) -> WorkerInfo:
         return await self.call("POST", "/v1/workers/spawn", WorkerInfo, req)
+
+    async def count_tokens(self, model_id: str, text: str) -> TokenCount:
+        body = TokenCountRequest(text=text)
+        return await self.call("POST", f"/v1/models/{model_id}/tokens", TokenCount, body, timeout=120.0)
 
     async def workers(self) -> WorkerList:
         return await self.call("GET", "/v1/workers", WorkerList)

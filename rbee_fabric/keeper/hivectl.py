@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from rbee_fabric import __version__
+from rbee_fabric import __version__, paths
 from rbee_fabric.errors import (
     ConnectionTimeout,
     ForeignListener,
@@ -87,8 +90,13 @@ async def ensure_hive(
         except Unreachable as exc:
             last = exc.message
         if start and t.can_start_hive:
-            notes.info(f"rbee-hive is not running on {t.node.name}; starting it")
-            health = await _start_and_wait(t, hive, idle_timeout)
+            # One start per node at a time: other keepers wait here, then find it up.
+            async with start_lock(t.node.name):
+                try:
+                    health = await hive.health(timeout=3.0)
+                except Unreachable:
+                    notes.info(f"rbee-hive is not running on {t.node.name}; starting it")
+                    health = await _start_and_wait(t, hive, idle_timeout)
             break
         notes.attempt(n, attempts, address, last)
         if n < attempts:
@@ -102,6 +110,30 @@ async def ensure_hive(
         )
     check_version(health, t.node.name)
     return health
+
+
+@contextlib.asynccontextmanager
+async def start_lock(node: str) -> AsyncIterator[None]:
+    """Hold the keeper-wide lock on starting node's hive (a file lock: across processes)."""
+    path = paths.ensure_dir(paths.data_dir() / "locks") / f"hive-start-{node}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + START_WAIT_S * 2
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConnectionTimeout(
+                        f"another rbee is still starting rbee-hive on {node}",
+                        hint=f"see rbee hive status {node}; the lock is {path}",
+                        details={"node": node, "lock": str(path)},
+                    ) from None
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 async def _start_and_wait(

@@ -10,10 +10,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rbee_fabric import modelref, paths
+from rbee_fabric import contextfit, modelref, paths
 from rbee_fabric.errors import (
-    AllSlotsBusy,
+    ConnectionLost,
     LoadingTimeout,
+    QueueTimeout,
     RbeeError,
     RequestCanceled,
     WorkerCrashed,
@@ -24,6 +25,7 @@ from rbee_fabric.errors import (
 )
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.client import HiveClient, Unreachable
+from rbee_fabric.keeper.inventory import DEFAULT_MAX_QUEUE
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import (
@@ -33,11 +35,11 @@ from rbee_fabric.schemas import (
     InferenceRequest,
     LoadingProgress,
     ModelInfo,
+    QueuedEvent,
     SpawnRequest,
     WorkerInfo,
 )
 
-BUSY_RETRIES_S = (1.0, 2.0, 4.0)
 FAIL_FAST_ERRORS = 10
 RAW_MAX_TOKENS = 256  # a raw completion has no end of turn: cap it (a paragraph fits)
 
@@ -62,6 +64,7 @@ class InferOptions:
     n_ctx: int = 2048
     start_hive: bool = True
     retry: int = 3
+    queue_timeout: float = 600.0  # seconds a request may wait for its turn on the worker
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Summary:
     worker_id: str
     reused: bool
     stop_reason: str = "stop"
+    queued_s: float = 0.0  # time spent waiting in the worker's queue (not in seconds)
     prompt_tokens: int = 0
     rendered_as: str | None = None
 
@@ -170,37 +174,67 @@ async def acquire(t: Transport, opts: InferOptions, out: Reporter, registry: Reg
         await hivectl.ensure_hive(t, hive, out, start=opts.start_hive, attempts=opts.retry)
         # Step 3: the model in the node's catalog.
         model = await _provision(run, hive)
-        # Steps 4 and 5: the hive's preflight, then spawn.
-        out.info(f"starting a worker for {model.reference} on {t.node.name}")
+        # A prompt that cannot fit is refused before anything loads.
+        await _check_context(run, hive, model)
+        # Steps 4 and 5: the hive's preflight, then a worker (an existing one, or spawned).
         info = await hive.spawn(
             SpawnRequest.model_validate(
                 {"model_id": model.id, "backend": opts.backend, "device": opts.device,
-                 "n_ctx": opts.n_ctx, "safe_mode": t.node.safe_mode}
+                 "n_ctx": opts.n_ctx, "safe_mode": t.node.safe_mode, **_node_settings(t)}
             )
-        )
+        )  # fmt: skip
+        if info.spawned:
+            out.info(f"starting a worker for {model.reference} on {t.node.name}")
+        else:
+            out.info(f"using worker {info.id} ({info.state}) for {model.reference}")
         # Step 6: register.
         rec = WorkerRecord(
             id=info.id, node=t.node.name, model_ref=ref, backend=info.backend,
-            device=info.device, url=info.url, pid=info.pid, state="loading",
-            last_health_at=time.time(), created_at=time.time(),
+            device=info.device, url=info.url, pid=info.pid, state=info.state,
+            last_health_at=time.time(), created_at=time.time(), n_ctx=opts.n_ctx,
         )  # fmt: skip
         registry.add(rec)
-        # Step 7: follow loading to ready.
-        try:
-            await _wait_ready(run, hive, info)
-        except BaseException:
-            registry.remove(info.id)
-            with contextlib.suppress(RbeeError):
-                await asyncio.shield(hive.shutdown_worker(info.id))
-            raise
-        info = await hive.worker(info.id)  # a safe-mode restart changed its pid
-        registry.add(dataclasses.replace(rec, pid=info.pid, state="idle", last_health_at=time.time()))
-        if info.safe_mode:
+        # Step 7: follow loading to ready (a worker another request started, too).
+        if info.state not in ("idle", "busy"):
+            try:
+                await _wait_ready(run, hive, info)
+            except BaseException:
+                registry.remove(info.id)
+                if info.spawned:  # others may be waiting for a worker they did not start
+                    with contextlib.suppress(RbeeError):
+                        await asyncio.shield(hive.shutdown_worker(info.id))
+                raise
+            spawned = info.spawned
+            info = await hive.worker(info.id)  # a safe-mode restart changed its pid
+            info = info.model_copy(update={"spawned": spawned})
+            registry.add(dataclasses.replace(rec, pid=info.pid, state="idle", last_health_at=time.time()))
+        if info.safe_mode and info.spawned:
             out.info(f"{t.node.name} runs llama.cpp in safe mode (AMX/repacking off): "
                      f"{info.safe_mode_reason}; decode may be slower")  # fmt: skip
     finally:
         await hive.aclose()
-    return Acquired(run, rec, False, model.chat_template)
+    return Acquired(run, rec, not info.spawned, model.chat_template)
+
+
+def _node_settings(t: Transport) -> dict[str, int]:
+    """The node's queue settings for the hive; defaults are left out (the hive has them)."""
+    out = {}
+    if t.node.max_queue != DEFAULT_MAX_QUEUE:
+        out["max_queue"] = t.node.max_queue
+    if t.node.max_replicas != 1:
+        out["max_replicas"] = t.node.max_replicas
+    return out
+
+
+async def _check_context(run: _Run, hive: HiveClient, model: ModelInfo) -> None:
+    """CONTEXT_TOO_LONG before loading; the node counts tokens only for a long prompt."""
+    limit = model.context_length
+    n_ctx = min(run.opts.n_ctx, limit or run.opts.n_ctx)
+    req = build_request(run.opts, "context-check")
+    if contextfit.surely_fits(req, n_ctx):
+        return  # the common case costs nothing
+    count = await hive.count_tokens(model.id, contextfit.text_of(req))
+    contextfit.check(req, count.tokens, n_ctx, limit=limit)
 
 
 async def _has_template(run: _Run) -> bool:
@@ -218,7 +252,15 @@ async def _has_template(run: _Run) -> bool:
 
 
 async def _registry_hit(run: _Run) -> WorkerRecord | None:
-    for rec in run.registry.candidates(run.t.node.name, run.ref, run.opts.backend, run.opts.device):
+    """The worker this keeper knows for the configuration, if it still answers.
+
+    With max_replicas > 1 there is no shortcut: the hive picks the least-loaded
+    replica (or starts one), so every request asks it.
+    """
+    o = run.opts
+    if run.t.node.max_replicas > 1:
+        return None
+    for rec in run.registry.candidates(run.t.node.name, run.ref, o.backend, o.device, o.n_ctx):
         worker = await hivectl.connect_worker(run.t, rec.url)
         try:
             ready = await worker.ready(timeout=2.0)
@@ -355,7 +397,7 @@ def _engine_crash(
 
 
 async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
-    """Step 8: stream tokens to the reporter; handle busy, crash and Ctrl+C."""
+    """Step 8: wait in the worker's queue, stream tokens; handle crash, loss and Ctrl+C."""
     o = run.opts
     request_id = uuid.uuid4().hex
     req = build_request(o, request_id)
@@ -364,8 +406,11 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
     t0 = time.monotonic()
     first: float | None = None
     done: DoneEvent | None = None
+    broken: str | None = None
+    waiting_since: float | None = None
+    queued_s = 0.0
     try:
-        for delay in (*BUSY_RETRIES_S, None):
+        async with asyncio.timeout(None) as queue_wait:
             try:
                 async with contextlib.aclosing(worker.stream("POST", "/v1/inference", req)) as events:
                     async for event in events:
@@ -374,32 +419,31 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
                         if "token" in event:
                             if first is None:
                                 first = time.monotonic()
+                                queue_wait.reschedule(None)
+                                if waiting_since is not None:  # the turn came: clock restarts
+                                    queued_s = first - waiting_since
+                                    t0 = first
                             pieces.append(event["token"])
                             run.out.token(event["token"])
+                        elif event.get("queued"):
+                            queued = QueuedEvent.model_validate(event)
+                            run.out.info(f"queued (position {queued.position})")
+                            if waiting_since is None:
+                                waiting_since = time.monotonic()
+                                queue_wait.reschedule(asyncio.get_running_loop().time() + o.queue_timeout)
                         elif event.get("done"):
                             done = DoneEvent.model_validate(event)
                         elif "error" in event:
                             raise from_envelope(event)
-                break
-            except AllSlotsBusy as exc:
-                if delay is None:
-                    raise AllSlotsBusy(
-                        f"worker {rec.id} on {run.t.node.name} is still busy after "
-                        f"{len(BUSY_RETRIES_S)} retries",
-                        hint="wait for the running generation to finish, or stop it with "
-                        f"rbee workers shutdown --id {rec.id}",
-                        details=exc.details,
-                    ) from None
-                run.out.info(f"worker busy, retrying in {delay:.0f} s")
-                await asyncio.sleep(delay)
             except Unreachable as exc:
-                if not pieces and done is None:
-                    run.registry.remove(rec.id)
-                    raise WorkerCrashed(
-                        f"worker {rec.id} is unreachable: {exc.message}",
-                        hint="run the command again to start a fresh worker",
-                    ) from None
-                break  # the stream broke mid-way: handled below as a crash
+                broken = exc.message
+    except TimeoutError:
+        await asyncio.shield(_cancel(run, rec, request_id))
+        raise QueueTimeout(
+            f"waited {o.queue_timeout:.0f} s in the queue of worker {rec.id} on "
+            f"{run.t.node.name} without a turn",
+            details={"request_id": request_id, "worker_id": rec.id},
+        ) from None
     except asyncio.CancelledError:
         message = await asyncio.shield(_cancel(run, rec, request_id))
         raise RequestCanceled(
@@ -409,7 +453,17 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
     finally:
         await worker.aclose()
     if done is None:
+        # The stream ended early: a lost connection if the worker still answers, else a crash.
+        if await _alive(run, rec):
+            await asyncio.shield(_cancel(run, rec, request_id))
+            run.registry.touch(rec.id, "idle")
+            raise _lost(run, rec, request_id, pieces, broken)
         run.registry.remove(rec.id)
+        if not pieces and broken is not None:
+            raise WorkerCrashed(
+                f"worker {rec.id} is unreachable: {broken}",
+                hint="run the command again to start a fresh worker",
+            )
         raise _crashed(run, rec, request_id, pieces)
     run.registry.touch(rec.id, "idle")
     end = time.monotonic()
@@ -420,23 +474,59 @@ async def _inference(run: _Run, rec: WorkerRecord, *, reused: bool) -> Summary:
         worker_id=rec.id,
         reused=reused,
         stop_reason=done.stop_reason,
+        queued_s=queued_s,
         prompt_tokens=done.prompt_tokens,
         rendered_as=done.rendered_as,
     )
 
 
-def _crashed(run: _Run, rec: WorkerRecord, request_id: str, pieces: list[str]) -> WorkerCrashed:
-    """Keep what was generated: save it and say where."""
+async def _alive(run: _Run, rec: WorkerRecord) -> bool:
+    """Does the worker still answer (over a fresh connection)?"""
+    try:
+        worker = await hivectl.connect_worker(run.t, rec.url)  # may reconnect over SSH
+    except RbeeError:
+        return False
+    try:
+        await worker.ready(timeout=3.0)
+        return True
+    except RbeeError:
+        return False
+    finally:
+        await worker.aclose()
+
+
+def _save_partial(request_id: str, pieces: list[str]) -> tuple[str, str]:
     crash_dir = paths.ensure_dir(paths.data_dir() / "partial")
     path = crash_dir / f"{request_id}.txt"
     text = "".join(pieces)
     path.write_text(text, encoding="utf-8")
+    return str(path), text
+
+
+def _lost(
+    run: _Run, rec: WorkerRecord, request_id: str, pieces: list[str], reason: str | None
+) -> ConnectionLost:
+    """The worker is fine, the way to it broke: keep the output and the worker."""
+    path, text = _save_partial(request_id, pieces)
+    return ConnectionLost(
+        f"the connection to worker {rec.id} on {run.t.node.name} was lost mid-generation "
+        f"(tokens received {len(pieces)} / {run.opts.max_tokens}): {reason or 'stream ended'}",
+        hint=f"the partial output is saved in {path}; the worker is still up and the "
+        "generation was stopped; run the command again to reuse it",
+        details={"saved_to": path, "tokens": len(pieces), "partial_text": text,
+                 "worker_id": rec.id},
+    )  # fmt: skip
+
+
+def _crashed(run: _Run, rec: WorkerRecord, request_id: str, pieces: list[str]) -> WorkerCrashed:
+    """Keep what was generated: save it and say where."""
+    path, text = _save_partial(request_id, pieces)
     return WorkerCrashed(
         f"worker {rec.id} on {run.t.node.name} stopped mid-generation "
         f"(tokens generated {len(pieces)} / {run.opts.max_tokens or 'end of turn'})",
         hint=f"the partial output is saved in {path}; run the command again "
         "to start a fresh worker",
-        details={"saved_to": str(path), "tokens": len(pieces), "partial_text": text},
+        details={"saved_to": path, "tokens": len(pieces), "partial_text": text},
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rbee_fabric.errors import InventoryError, UsageError
 
 DEFAULT_HIVE_PORT = 9200
+DEFAULT_MAX_QUEUE = 64
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 
@@ -38,6 +39,8 @@ class NodeEntry(BaseModel):
     python: str = Field(default="python3", min_length=1)
     install_dir: str = "~/.local/share/rbee"
     local: bool = False
+    max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0, le=100_000)
+    max_replicas: int = Field(default=1, ge=1, le=64)
     safe_mode: Literal["auto", "on", "off"] = "auto"
 
 
@@ -63,6 +66,8 @@ class Node:
     python: str = "python3"
     install_dir: str = "~/.local/share/rbee"
     source: str = "built-in"
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait per worker
+    max_replicas: int = 1  # workers one model configuration may have
     safe_mode: str = "auto"  # llama.cpp extra buffer types: auto (off after a crash), on, off
 
     @property
@@ -168,6 +173,8 @@ def load(explicit: str | None = None) -> Inventory:
             python=entry.python,
             install_dir=entry.install_dir,
             source=str(path),
+            max_queue=entry.max_queue,
+            max_replicas=entry.max_replicas,
             safe_mode=entry.safe_mode,
         )
     return Inventory(nodes=nodes, path=path)

@@ -23,6 +23,7 @@ class WorkerRecord:
     state: str
     last_health_at: float
     created_at: float
+    n_ctx: int = 0  # the context size asked for (0: unknown, never reused)
 
 
 class Registry:
@@ -36,7 +37,8 @@ class Registry:
                     id TEXT PRIMARY KEY, node TEXT NOT NULL, model_ref TEXT NOT NULL,
                     backend TEXT NOT NULL, device INTEGER NOT NULL DEFAULT 0,
                     url TEXT NOT NULL, pid INTEGER NOT NULL,
-                    state TEXT NOT NULL, last_health_at REAL NOT NULL, created_at REAL NOT NULL)""",
+                    state TEXT NOT NULL, last_health_at REAL NOT NULL, created_at REAL NOT NULL,
+                    n_ctx INTEGER NOT NULL DEFAULT 0)""",
                 f"CREATE INDEX IF NOT EXISTS idx_{_TABLE}_node_model ON {_TABLE} (node, model_ref)",
             ],
         )
@@ -44,14 +46,18 @@ class Registry:
         columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({_TABLE})").fetchall()}
         if "device" not in columns:  # registries written before workers were matched by GPU
             self._db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN device INTEGER NOT NULL DEFAULT 0")
+        if "n_ctx" not in columns:  # ... and by context size
+            self._db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN n_ctx INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
 
-    def candidates(self, node: str, model_ref: str, backend: str, device: int) -> list[WorkerRecord]:
-        """Workers on node for model (and backend and GPU), most recently healthy first."""
-        where = "node = ? AND model_ref = ?"
-        args: list[object] = [node, model_ref]
+    def candidates(
+        self, node: str, model_ref: str, backend: str, device: int, n_ctx: int
+    ) -> list[WorkerRecord]:
+        """Workers on node for model (backend, GPU, context size), most recently healthy first."""
+        where = "node = ? AND model_ref = ? AND n_ctx = ?"
+        args: list[object] = [node, model_ref, n_ctx]
         if backend != "auto":
             where += " AND backend = ?"
             args.append(backend)

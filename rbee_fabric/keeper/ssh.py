@@ -135,6 +135,10 @@ class SshTransport:
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The node's one connection, opened on first use; errors mapped here."""
         async with self._lock:
+            if self._conn is not None and self._conn.is_closed():
+                # The session dropped: connect again; old forwards died with it.
+                self._conn = None
+                self._forwards.clear()
             if self._conn is None:
                 self._conn = await self._connect()
             return self._conn
@@ -296,8 +300,8 @@ class SshTransport:
             return url
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        conn = await self.connection()  # reconnects after a dropped session
         if (host, port) not in self._forwards:
-            conn = await self.connection()
             try:
                 listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
             except (OSError, asyncssh.Error) as exc:

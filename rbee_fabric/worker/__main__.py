@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "metal"])
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument(
+        "--max-queue", type=int, default=64,
+        help="requests that may wait for the slot; more get QUEUE_FULL (default 64)",
+    )  # fmt: skip
     p.add_argument("--key-file", default="~/.config/rbee/api_key")
     p.add_argument(
         "--safe-mode", action="store_true",
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         api_key=api_key,
         hive_url=args.hive_url,
         key_file=args.key_file,
+        n_ctx=args.n_ctx,
+        max_queue=args.max_queue,
     )
     engine = make_engine(
         args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,

@@ -15,8 +15,8 @@ import httpx
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from rbee_fabric import __version__, sse
-from rbee_fabric.errors import AllSlotsBusy, RbeeError, WorkerNotFound
+from rbee_fabric import __version__, contextfit, sse
+from rbee_fabric.errors import RbeeError, WorkerNotFound
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.schemas import (
     Ack,
@@ -25,14 +25,19 @@ from rbee_fabric.schemas import (
     ErrorEnvelope,
     InferenceRequest,
     LoadingProgress,
+    QueuedEvent,
     TokenEvent,
     WorkerHealth,
     WorkerReady,
     WorkerReadyCallback,
 )
+from rbee_fabric.worker.admission import DEFAULT_MAX_QUEUE, Admission, Ticket
 from rbee_fabric.worker.engine import Engine, Generation
 
 log = logging.getLogger("rbee.worker")
+
+HEARTBEAT_S = 1.0
+"""A waiting request hears from the worker this often, so a gone client is noticed."""
 
 
 class WorkerNotReady(RbeeError):
@@ -49,13 +54,17 @@ class WorkerSettings:
     api_key: str
     hive_url: str | None = None
     key_file: str = "~/.config/rbee/api_key"
+    n_ctx: int | None = None
+    max_queue: int = DEFAULT_MAX_QUEUE
 
 
 @dataclass
 class _Current:
     request_id: str
+    ticket: Ticket
     cancel: threading.Event = field(default_factory=threading.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = field(default_factory=time.monotonic)
 
 
 class WorkerState:
@@ -69,6 +78,7 @@ class WorkerState:
         self.error: str | None = None
         self.changed = asyncio.Condition()
         self.current: _Current | None = None
+        self.admission = Admission(settings.max_queue)
         self.idle_since = time.monotonic()
         self.stopping = False
         self.cleanup: asyncio.Task[None] | None = None
@@ -115,13 +125,18 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.get("/v1/ready", response_model=WorkerReady)
     async def ready() -> WorkerReady:
         w: WorkerState = app.state.worker
-        idle = time.monotonic() - w.idle_since if w.state == "idle" else None
+        state = w.state
+        if state == "idle" and w.admission.running is not None:
+            state = "busy"  # handed to the next request, which is about to start
+        idle = time.monotonic() - w.idle_since if state == "idle" else None
         return WorkerReady(
-            ready=w.state in ("idle", "busy"),
-            state=w.state,  # type: ignore[arg-type]
+            ready=state in ("idle", "busy"),
+            state=state,  # type: ignore[arg-type]
             progress_url="/v1/loading/progress",
             model=settings.model_path,
             idle_seconds=idle,
+            queued=w.admission.queued,
+            n_ctx=settings.n_ctx,
         )
 
     @app.get("/v1/loading/progress")
@@ -147,16 +162,18 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.post("/v1/inference")
     async def inference(req: InferenceRequest) -> StreamingResponse:
         w: WorkerState = app.state.worker
-        if w.state == "busy":
-            raise AllSlotsBusy(
-                "the worker is already generating",
-                details={"request_id": w.current.request_id if w.current else None},
-            )
-        if w.state != "idle" or w.stopping:
-            raise WorkerNotReady(f"the worker is {w.state}", details={"state": w.state})
-        # No await between the check above and this line: the slot is ours.
-        current = _Current(request_id=req.request_id or uuid.uuid4().hex)
-        w.current, w.state = current, "busy"
+        _check_ready(w)
+        await _check_context(w, req)  # a prompt that cannot fit never queues
+        _check_ready(w)
+        # No await from here to the admission: the slot or the place is ours.
+        ticket = w.admission.admit(req.request_id or uuid.uuid4().hex)  # or QUEUE_FULL
+        headers = {"X-Request-Id": ticket.request_id}
+        if not ticket.granted.is_set():
+            return StreamingResponse(
+                _wait_then_generate(w, req, ticket), media_type="text/event-stream",
+                headers=headers,
+            )  # fmt: skip
+        current = _start(w, ticket)
         stream = _generate(w, req, current)
         try:
             first = await stream.__anext__()  # setup errors still get a real status
@@ -164,17 +181,19 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
             _release(w, current)
             raise
         return StreamingResponse(
-            _stream(first, stream), media_type="text/event-stream",
-            headers={"X-Request-Id": current.request_id},
+            _stream(first, stream), media_type="text/event-stream", headers=headers
         )
 
     @app.delete("/v1/inference/{request_id}", response_model=CancelAck)
     async def cancel(request_id: str) -> CancelAck:
         w: WorkerState = app.state.worker
+        if (waiting := w.admission.find(request_id)) is not None:
+            w.admission.leave(waiting)  # it never runs
+            return CancelAck(request_id=request_id, canceled=True)
         current = w.current
         if current is None or current.request_id != request_id:
             raise WorkerNotFound(
-                f"no generation {request_id!r} is running here",
+                f"no generation {request_id!r} is running or waiting here",
                 details={"request_id": request_id},
             )
         current.cancel.set()
@@ -188,6 +207,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         w.stopping = True
         if w.current:
             w.current.cancel.set()
+        for waiting in list(w.admission.waiting):
+            w.admission.leave(waiting)
         asyncio.get_running_loop().call_later(0.05, app.state.request_exit)
         return Ack(message="shutting down")
 
@@ -203,12 +224,75 @@ async def _stream(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         await rest.aclose()  # type: ignore[attr-defined]  # runs _generate's cleanup
 
 
+def _check_ready(w: WorkerState) -> None:
+    if w.state not in ("idle", "busy") or w.stopping:
+        state = "stopping" if w.stopping else w.state
+        raise WorkerNotReady(f"the worker is {state}", details={"state": state})
+
+
+async def _check_context(w: WorkerState, req: InferenceRequest) -> None:
+    """CONTEXT_TOO_LONG when the prompt and max_tokens cannot fit this worker's context."""
+    n_ctx = w.settings.n_ctx
+    if not n_ctx or contextfit.surely_fits(req, n_ctx):
+        return
+    tokens = await asyncio.to_thread(w.engine.count_tokens, contextfit.text_of(req))
+    contextfit.check(req, tokens, n_ctx)
+
+
+def _start(w: WorkerState, ticket: Ticket) -> _Current:
+    current = _Current(request_id=ticket.request_id, ticket=ticket)
+    w.current, w.state = current, "busy"
+    log.info("generating %s (%d waiting)", ticket.request_id, w.admission.queued)
+    return current
+
+
 def _release(w: WorkerState, current: _Current) -> None:
     current.finished.set()
     if w.current is current:
         w.current = None
         w.state = "idle"
         w.idle_since = time.monotonic()
+    w.admission.release(current.ticket, time.monotonic() - current.started)
+
+
+async def _wait_then_generate(
+    w: WorkerState, req: InferenceRequest, ticket: Ticket
+) -> AsyncIterator[bytes]:
+    """Queued: tell the client its position as it moves, then generate in turn."""
+    current: _Current | None = None
+    try:
+        last = 0
+        async for position in w.admission.positions(ticket, HEARTBEAT_S):
+            if position != last:
+                yield sse.encode(QueuedEvent(position=position))
+                last = position
+            else:
+                yield b": waiting\n\n"  # an SSE comment: fails fast when the client is gone
+        if not ticket.granted.is_set():  # taken out of the queue (DELETE or shutdown)
+            if w.stopping:
+                body = WorkerNotReady("the worker is stopping").envelope()
+                yield sse.encode(ErrorEnvelope.model_validate(body))
+            else:
+                yield sse.encode(DoneEvent(total_tokens=0, duration_ms=0, stop_reason="canceled"))
+                yield sse.encode(sse.DONE)
+            return
+        if w.stopping:
+            w.admission.release(ticket)
+            body = WorkerNotReady("the worker is stopping").envelope()
+            yield sse.encode(ErrorEnvelope.model_validate(body))
+            return
+        current = _start(w, ticket)
+        stream = _generate(w, req, current)
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # runs _generate's cleanup
+    finally:
+        # The client went away while waiting: leave the queue, or hand on a slot
+        # granted but not used. (No await here: this may run in a cancelled scope.)
+        if current is None and not w.admission.leave(ticket) and w.admission.running is ticket:
+            w.admission.release(ticket)
 
 
 async def _generate(

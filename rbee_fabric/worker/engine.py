@@ -50,6 +50,10 @@ class Engine(Protocol):
         self, req: InferenceRequest, cancel: threading.Event, result: Generation
     ) -> Iterator[str]: ...
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of text with the model's vocabulary (BOS included); safe beside generate."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -184,6 +188,9 @@ class LlamaEngine:
         finally:
             stream.close()
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode(), add_bos=True, special=True))
+
     def close(self) -> None:
         if self._llm is not None:
             self._llm.close()
@@ -294,6 +301,9 @@ class ScriptedEngine:
                 return
             result.tokens += 1
             yield f" tok{i}"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.encode()) + 1  # as a byte-level vocabulary with BOS would
 
     def close(self) -> None:
         pass

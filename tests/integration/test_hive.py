@@ -67,12 +67,44 @@ def test_spawn_callback_list_stop(hive: Hive, tiny_model: Path) -> None:
 def test_two_workers_get_two_free_ports_and_die_with_the_hive(rbee_home: RbeeHome, tiny_model: Path) -> None:
     h = start_hive(rbee_home)
     model = provision(h, tiny_model)
-    a, b = spawn(h, model["id"]), spawn(h, model["id"])
+    a, b = spawn(h, model["id"], n_ctx=256), spawn(h, model["id"], n_ctx=128)  # two configurations
     assert a["url"] != b["url"]
     wait_state(h, a["id"], "idle")
     wait_state(h, b["id"], "idle")
     assert stop_hive(h) == 0
     assert not alive(a["pid"]) and not alive(b["pid"])
+
+
+def test_one_spawn_per_configuration(hive: Hive, tiny_model: Path) -> None:
+    model = provision(hive, tiny_model)
+    first = spawn(hive, model["id"], n_ctx=256)
+    again = spawn(hive, model["id"], n_ctx=256)  # still starting or loading: the same worker
+    assert again["id"] == first["id"] and first["spawned"] is True and again["spawned"] is False
+    assert first["n_ctx"] == 256
+    other = spawn(hive, model["id"], n_ctx=128)  # another context size: another worker
+    assert other["id"] != first["id"] and other["spawned"] is True
+    listed = httpx.get(f"{hive.url}/v1/workers", headers=hive.headers).json()["workers"]
+    assert sorted(w["id"] for w in listed) == sorted([first["id"], other["id"]])
+
+
+def test_memory_of_a_loading_worker_is_reserved(rbee_home: RbeeHome, tiny_model: Path, tmp_path: Path) -> None:
+    """Free memory does not show a worker still loading: the fit check must count it."""
+    h = start_hive(rbee_home, env={"RBEE_WORKER_ENGINE": "scripted", "RBEE_SCRIPTED_LOAD_S": "60"})
+    try:
+        available = httpx.get(f"{h.url}/v1/resources", headers=h.headers).json()["ram_available_mb"]
+        big = tmp_path / "big-Q8_0.gguf"
+        big.write_bytes(tiny_model.read_bytes())
+        os.truncate(big, int(available * 0.6 / 1.2 * 2**20))  # sparse: needs 60% of free RAM
+        model = provision(h, big)
+        first = spawn(h, model["id"], n_ctx=256)
+        assert first["spawned"] is True
+        r = httpx.post(f"{h.url}/v1/workers/spawn", json={"model_id": model["id"], "n_ctx": 128},
+                       headers=h.headers, timeout=30)  # fmt: skip
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "INSUFFICIENT_RAM"
+        assert httpx.get(f"{h.url}/v1/workers/{first['id']}", headers=h.headers).json()["state"] in ("starting", "loading")
+    finally:
+        stop_hive(h)
 
 
 def test_a_killed_worker_is_noticed_and_forgotten(hive: Hive, tiny_model: Path) -> None:

@@ -104,7 +104,7 @@ def test_tokens_arrive_as_they_are_generated(slow_worker: Worker) -> None:
     assert arrivals[-1] - arrivals[0] > 0.5
 
 
-def test_second_generation_is_refused_while_busy_then_cancel(slow_worker: Worker) -> None:
+def test_second_generation_waits_its_turn_then_cancel(slow_worker: Worker) -> None:
     slow_worker.wait_ready()
     got: list[dict | str] = []
 
@@ -117,17 +117,24 @@ def test_second_generation_is_refused_while_busy_then_cancel(slow_worker: Worker
     t = threading.Thread(target=first)
     t.start()
     time.sleep(0.5)
-    r = httpx.post(f"{slow_worker.url}/v1/inference", json={"prompt": "y"}, headers=slow_worker.headers)
-    assert r.status_code == 503
-    assert r.json()["error"]["code"] == "ALL_SLOTS_BUSY"
-    r = httpx.delete(f"{slow_worker.url}/v1/inference/long", headers=slow_worker.headers)
-    assert r.status_code == 200 and r.json() == {"request_id": "long", "canceled": True}
+    second: list[dict | str] = []
+    body = {"prompt": "y", "max_tokens": 2}
+    with httpx.stream("POST", f"{slow_worker.url}/v1/inference", json=body, headers=slow_worker.headers,
+                      timeout=60) as r:  # fmt: skip
+        assert r.status_code == 200
+        for event in sse_events(r.iter_lines()):
+            second.append(event)
+            if event == {"queued": True, "position": 1}:  # waiting: stop the long one
+                d = httpx.delete(f"{slow_worker.url}/v1/inference/long", headers=slow_worker.headers)
+                assert d.status_code == 200 and d.json() == {"request_id": "long", "canceled": True}
     t.join(10)
     done = [e for e in got if isinstance(e, dict) and e.get("done")]
     assert done and done[0]["stop_reason"] == "canceled"
     assert done[0]["total_tokens"] < 200
+    assert second[0] == {"queued": True, "position": 1}
+    assert [e["token"] for e in second if isinstance(e, dict) and "token" in e] == [" tok0", " tok1"]
     ready = httpx.get(f"{slow_worker.url}/v1/ready", headers=slow_worker.headers).json()
-    assert ready["state"] == "idle"
+    assert ready["state"] == "idle" and ready["queued"] == 0
 
 
 def test_invalid_body_names_the_field(worker: Worker) -> None:

@@ -25,6 +25,7 @@ def test_every_documented_code_has_a_class() -> None:
     for code in ["CONNECTION_TIMEOUT", "VERSION_MISMATCH", "MODEL_NOT_FOUND", "DOWNLOAD_FAILED",
                  "INSUFFICIENT_RAM", "VRAM_EXHAUSTED", "BACKEND_UNAVAILABLE", "INVALID_API_KEY",
                  "ALL_SLOTS_BUSY", "WORKER_CRASHED", "LOADING_TIMEOUT", "REQUEST_CANCELED",
+                 "QUEUE_FULL", "QUEUE_TIMEOUT", "CONNECTION_LOST", "CONTEXT_TOO_LONG",
                  "INVALID_REQUEST"]:
         assert errors.error_class(code).code == code
     assert errors.RequestCanceled.exit_code == 130

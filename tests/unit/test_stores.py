@@ -9,9 +9,10 @@ from rbee_fabric.catalog import Catalog
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 
 
-def rec(i: int, node: str = "localhost", model: str = "gemma3-270m", backend: str = "cpu", device: int = 0) -> WorkerRecord:
+def rec(i: int, node: str = "localhost", model: str = "gemma3-270m", backend: str = "cpu", device: int = 0,
+        n_ctx: int = 2048) -> WorkerRecord:
     return WorkerRecord(id=f"w-{i}", node=node, model_ref=model, backend=backend, device=device, url=f"http://127.0.0.1:{9300 + i}",
-                        pid=1000 + i, state="idle", last_health_at=time.time(), created_at=time.time())
+                        pid=1000 + i, state="idle", last_health_at=time.time(), created_at=time.time(), n_ctx=n_ctx)
 
 
 def test_registry_creates_its_parent_directories(tmp_path: Path) -> None:
@@ -19,9 +20,9 @@ def test_registry_creates_its_parent_directories(tmp_path: Path) -> None:
     reg = Registry(path)
     reg.add(rec(1))
     assert path.exists()
-    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "auto", 0)] == ["w-1"]
-    assert reg.candidates("localhost", "gemma3-270m", "cuda", 0) == []
-    assert reg.candidates("mac", "gemma3-270m", "auto", 0) == []
+    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "auto", 0, 2048)] == ["w-1"]
+    assert reg.candidates("localhost", "gemma3-270m", "cuda", 0, 2048) == []
+    assert reg.candidates("mac", "gemma3-270m", "auto", 0, 2048) == []
     assert reg.sync("localhost", set()) == 1
     assert reg.list() == []
 
@@ -29,11 +30,11 @@ def test_registry_creates_its_parent_directories(tmp_path: Path) -> None:
 def test_a_worker_on_another_gpu_is_not_reused(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "registry.db")
     reg.add(rec(1, backend="cuda", device=0))
-    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "cuda", 0)] == ["w-1"]
-    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "auto", 0)] == ["w-1"]
-    assert reg.candidates("localhost", "gemma3-270m", "cuda", 3) == []
-    assert reg.candidates("localhost", "gemma3-270m", "auto", 3) == []
-    assert reg.candidates("localhost", "gemma3-270m", "cpu", 0) == []
+    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "cuda", 0, 2048)] == ["w-1"]
+    assert [r.id for r in reg.candidates("localhost", "gemma3-270m", "auto", 0, 2048)] == ["w-1"]
+    assert reg.candidates("localhost", "gemma3-270m", "cuda", 3, 2048) == []
+    assert reg.candidates("localhost", "gemma3-270m", "auto", 3, 2048) == []
+    assert reg.candidates("localhost", "gemma3-270m", "cpu", 0, 2048) == []
 
 
 def _writer(path: str, start: int, barrier: Any) -> None:
