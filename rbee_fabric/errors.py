@@ -15,6 +15,7 @@
     ├── AllSlotsBusy               ALL_SLOTS_BUSY (503)
     ├── QueueFull                  QUEUE_FULL (429, details.retry_after_s)
     ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx)
+    ├── NodesUnavailable           NODES_UNAVAILABLE (503, no node holding the model answers)
     ├── WorkerCrashed              WORKER_CRASHED
     ├── WorkerStartFailed          WORKER_START_FAILED
     ├── WorkerNotFound             WORKER_NOT_FOUND (404)
@@ -162,6 +163,14 @@ class ContextTooLong(RbeeError):
     default_hint = "use a larger --ctx-size or a shorter prompt"
 
 
+class NodesUnavailable(RbeeError):
+    """No node that could serve the request answers (details.nodes: name -> reason)."""
+
+    code = "NODES_UNAVAILABLE"
+    http_status = 503
+    default_hint = "check the nodes with `rbee nodes check`; the gateway retries them on its own"
+
+
 class WorkerCrashed(RbeeError):
     code = "WORKER_CRASHED"
     http_status = 502
@@ -243,6 +252,7 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         AllSlotsBusy,
         QueueFull,
         ContextTooLong,
+        NodesUnavailable,
         WorkerCrashed,
         WorkerStartFailed,
         WorkerNotFound,

@@ -97,9 +97,24 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
     """Run the whole flow on one node; raises RbeeError subclasses on failure."""
     ref = modelref.parse(opts.model).canonical  # bad references fail before any I/O
     run = _Run(t, opts, out, registry, ref)
+    rec, reused = await _ready_worker(run)
+    # Step 8.
+    return await _inference(run, rec, reused=reused)
+
+
+async def ready_worker(
+    t: Transport, opts: InferOptions, out: Reporter, registry: Registry
+) -> tuple[WorkerRecord, bool]:
+    """Steps 1 to 7: a ready worker for opts.model on t's node; (record, reused)."""
+    ref = modelref.parse(opts.model).canonical
+    return await _ready_worker(_Run(t, opts, out, registry, ref))
+
+
+async def _ready_worker(run: _Run) -> tuple[WorkerRecord, bool]:
+    t, opts, out, registry, ref = run.t, run.opts, run.out, run.registry, run.ref
     # Step 1: registry hit -> straight to inference.
     if (hit := await _registry_hit(run)) is not None:
-        return await _inference(run, hit, reused=True)
+        return hit, True
     # Step 2: hive preflight (start it if needed).
     hive = await hivectl.connect_hive(t)
     try:
@@ -131,8 +146,7 @@ async def infer(t: Transport, opts: InferOptions, out: Reporter, registry: Regis
         registry.touch(info.id, "idle")
     finally:
         await hive.aclose()
-    # Step 8.
-    return await _inference(run, rec, reused=False)
+    return rec, False
 
 
 async def _registry_hit(run: _Run) -> WorkerRecord | None:
