@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import signal
 import socket
@@ -124,7 +125,7 @@ def serve(
 
     config = uvicorn.Config(
         app, log_level=log_level, access_log=False, lifespan="on",
-        timeout_graceful_shutdown=int(graceful_s) if graceful_s is not None else None,
+        timeout_graceful_shutdown=math.ceil(graceful_s) if graceful_s is not None else None,
     )  # fmt: skip
     server = _Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)

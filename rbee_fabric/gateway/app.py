@@ -91,7 +91,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
-            await pool.close()  # lets the cancels of interrupted generations finish
+            # Streams cancelled by the stop have scheduled their worker-side
+            # cancels; let those tasks start, then pool.close() waits for them.
+            for _ in range(3):
+                await asyncio.sleep(0.05)
+            await pool.close()
             registry.close()
             log.info("rbee serve stopped; hives and workers stay up until their idle timeout")
 

@@ -23,7 +23,7 @@ from rbee_fabric.errors import UsageError
 
 ENV_KEY = "RBEE_SERVE_API_KEY"
 DEFAULT_PORT = 9000
-GRACEFUL_S = 10.0  # on SIGINT/SIGTERM, running generations get this long to finish
+GRACEFUL_S = 10.0  # on SIGINT/SIGTERM, running generations get this long (--grace)
 MIN_KEY_LEN = 16
 
 log = logging.getLogger("rbee.serve")
@@ -108,7 +108,7 @@ def setup_logging(json_logs: bool) -> None:
 
 def run(
     host: str, port: int, *, json_logs: bool = False, inventory_file: str | None = None,
-    n_ctx: int = 2048,
+    n_ctx: int = 2048, grace_s: float = GRACEFUL_S,
 ) -> None:  # fmt: skip
     """Serve until SIGINT or SIGTERM; raises UsageError before binding anything wrong."""
     from rbee_fabric.gateway.app import GatewaySettings, create_app
@@ -136,4 +136,4 @@ def run(
     settings = GatewaySettings(
         api_key=key.value, key_source=key.source, inventory_file=inventory_file, n_ctx=n_ctx
     )
-    serve(create_app(settings), sock, graceful_s=GRACEFUL_S)
+    serve(create_app(settings), sock, graceful_s=grace_s)

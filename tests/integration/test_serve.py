@@ -229,3 +229,26 @@ def test_the_key_file_is_created_0600_and_exposure_is_guarded(rbee_home: RbeeHom
     os.chmod(rbee_home.config / "serve_api_key", 0o644)
     shared = rbee_home.run("serve", "--host", "0.0.0.0", "--port", "0", env={"RBEE_SERVE_API_KEY": ""})
     assert shared.returncode == 2 and "readable by others" in shared.stderr
+
+
+def test_sigterm_during_a_generation_cancels_it_after_the_grace_and_exits_0(
+    rbee_home: RbeeHome, hive_port: int, model: str
+) -> None:
+    env = {**rbee_home.env, "RBEE_WORKER_ENGINE": "scripted", "RBEE_SCRIPTED_DELAY_MS": "20"}
+    gw = start_gateway(env, rbee_home.data.parent, "--grace", "1")
+    try:
+        client = gw.client()
+        stream = client.completions.create(model=model, prompt="long", max_tokens=3000, stream=True)
+        assert next(iter(stream)).choices[0].text == " tok0"
+        assert gw.stop(signal.SIGTERM) == 0
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            for _ in stream:  # the stream ends early: the gateway is gone
+                pass
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and [w["state"] for w in hive_workers(rbee_home, hive_port)] != ["idle"]:
+            time.sleep(0.1)
+        assert [w["state"] for w in hive_workers(rbee_home, hive_port)] == ["idle"]
+        assert "canceled" in gw.stderr()
+    finally:
+        gw.stop()
+        rbee_home.run("hive", "stop", "localhost")
