@@ -177,6 +177,8 @@ class Dispatcher:
             full: QueueFull | None = None
             last: RbeeError | None = None
             for plan in plans:
+                if busy and plan.tier == 4:
+                    break  # a loaded worker will free up: no new node for this model
                 h = self.pool.nodes[plan.node]
                 try:
                     if plan.worker is None:
