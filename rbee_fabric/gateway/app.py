@@ -152,8 +152,16 @@ async def _serve(
     s: _State, request: Request, model: str, ireq: InferenceRequest, received: float,
     *, chat: bool, stream: bool, include_usage: bool,
 ) -> Response:  # fmt: skip
-    target = routing.parse_target(model, set(s.pool.nodes))
-    up = await _until_disconnected(request, s.dispatcher.open(target, ireq, received))
+    target: routing.Target | None = None
+    try:
+        target = routing.parse_target(model, set(s.pool.nodes))
+        up = await _until_disconnected(request, s.dispatcher.open(target, ireq, received))
+    except RbeeError as exc:
+        node = target.node if target is not None and target.node else "-"
+        s.metrics.observe(model, node, exc.code)
+        log.info("%s -> %s: %s %s", model, node, exc.code, exc.message,
+                 extra={"fields": {"model": model, "node": node, "outcome": exc.code}})  # fmt: skip
+        raise
     headers = {"X-Rbee-Node": up.node, "X-Rbee-Worker": up.worker_id, "X-Request-Id": up.request_id}
     cid = translate.new_id("chatcmpl" if chat else "cmpl")
     if stream:

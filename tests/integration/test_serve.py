@@ -252,3 +252,17 @@ def test_sigterm_during_a_generation_cancels_it_after_the_grace_and_exits_0(
     finally:
         gw.stop()
         rbee_home.run("hive", "stop", "localhost")
+
+
+def test_failed_requests_are_logged_and_counted_too(gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError):
+        gateway.client().completions.create(model="no-such-model", prompt="x")
+    assert "no-such-model -> -: MODEL_NOT_FOUND" in gateway.stderr()
+    text = httpx.get(f"{gateway.url}/metrics", headers=gateway.headers).text
+    assert 'rbee_serve_requests_total{model="no-such-model",node="-",outcome="MODEL_NOT_FOUND"} 1.0' in text
+
+
+def test_a_taken_port_is_a_usage_error(rbee_home: RbeeHome, gateway: Gateway) -> None:
+    port = gateway.url.rsplit(":", 1)[1]
+    r = rbee_home.run("serve", "--port", port, env={"RBEE_SERVE_API_KEY": KEY})
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1:" in r.stderr and "Suggestion:" in r.stderr
