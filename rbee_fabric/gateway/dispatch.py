@@ -36,6 +36,7 @@ from rbee_fabric.gateway.pool import NodeHandle, NodePool, is_unreachable
 from rbee_fabric.keeper import infer
 from rbee_fabric.keeper.registry import Registry
 from rbee_fabric.schemas import DoneEvent, DownloadProgress, InferenceRequest, LoadingProgress
+from rbee_fabric.sse import DONE
 
 log = logging.getLogger("rbee.serve")
 
@@ -98,12 +99,35 @@ class Upstream:
     def node(self) -> str:
         return self.handle.name
 
+    def __post_init__(self) -> None:
+        # The worker's stream is read by a task of its own, not by the response
+        # being sent: when the client goes away, that response sits in a cancelled
+        # scope where the stream could not even be closed; a plain task can be
+        # cancelled and closes its connection, which the worker sees at once.
+        self._inbox: asyncio.Queue[dict[str, Any] | str | BaseException] = asyncio.Queue()
+        self._pump = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for event in self.rest:
+                self._inbox.put_nowait(event)
+                if not isinstance(event, dict):
+                    return
+            self._inbox.put_nowait(DONE)
+        except Exception as exc:  # the typed error reaches the reader
+            self._inbox.put_nowait(exc)
+        finally:
+            await self.rest.aclose()
+
     async def events(self) -> AsyncGenerator[dict[str, Any], None]:
         """Token and done events; an error event raises its typed error."""
         try:
             if self._take(self.first):
                 yield self.first
-            async for event in self.rest:
+            while True:
+                event = await self._inbox.get()
+                if isinstance(event, BaseException):
+                    raise event
                 if not isinstance(event, dict):
                     break  # [DONE]
                 if self._take(event):
@@ -133,13 +157,15 @@ class Upstream:
         self.pool.spawn_background(self._close(canceled=self.done is None))
 
     async def _close(self, *, canceled: bool) -> None:
-        with contextlib.suppress(Exception):
-            await self.rest.aclose()
+        if not self._pump.done():
+            self._pump.cancel()  # closes the connection: the worker stops generating
+        with contextlib.suppress(BaseException):
+            await self._pump
         if not canceled:
             return
-        try:
+        try:  # and say so explicitly, in case the closed connection went unnoticed
             client = await self.handle.worker(self.worker_url)
-            ack = await client.cancel(self.request_id, timeout=5.0)
+            ack = await client.cancel(self.request_id, timeout=8.0)
             log.info("canceled %s on %s: %s", self.request_id, self.node, ack.canceled)
         except WorkerNotFound:
             pass  # it had finished, or stopped when the connection closed

@@ -138,13 +138,25 @@ def test_errors_are_openai_error_objects(gateway: Gateway, model: str) -> None:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], n=2)
 
 
+@pytest.fixture
+def slow_gateway(rbee_home: RbeeHome, hive_port: int) -> Iterator[Gateway]:
+    """Tokens every 200 ms: 400 of them would keep the worker busy for 80 s."""
+    env = {**rbee_home.env, "RBEE_WORKER_ENGINE": "scripted", "RBEE_SCRIPTED_DELAY_MS": "200"}
+    gw = start_gateway(env, rbee_home.data.parent, "--grace", "1")
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        rbee_home.run("hive", "stop", "localhost")
+
+
 def test_a_client_that_disconnects_cancels_the_generation(
-    gateway: Gateway, model: str, rbee_home: RbeeHome, hive_port: int
+    slow_gateway: Gateway, model: str, rbee_home: RbeeHome, hive_port: int
 ) -> None:
+    gateway = slow_gateway
     client = gateway.client()
     client.completions.create(model=model, prompt="warm", max_tokens=1)
-    # 3000 tokens at 20 ms each would keep the worker busy for a minute.
-    stream = client.completions.create(model=model, prompt="long", max_tokens=3000, stream=True)
+    stream = client.completions.create(model=model, prompt="long", max_tokens=400, stream=True)
     seen = [next(iter(stream)).choices[0].text for _ in range(3)]
     assert seen == [" tok0", " tok1", " tok2"]
     stream.close()
@@ -232,26 +244,21 @@ def test_the_key_file_is_created_0600_and_exposure_is_guarded(rbee_home: RbeeHom
 
 
 def test_sigterm_during_a_generation_cancels_it_after_the_grace_and_exits_0(
-    rbee_home: RbeeHome, hive_port: int, model: str
+    slow_gateway: Gateway, rbee_home: RbeeHome, hive_port: int, model: str
 ) -> None:
-    env = {**rbee_home.env, "RBEE_WORKER_ENGINE": "scripted", "RBEE_SCRIPTED_DELAY_MS": "20"}
-    gw = start_gateway(env, rbee_home.data.parent, "--grace", "1")
-    try:
-        client = gw.client()
-        stream = client.completions.create(model=model, prompt="long", max_tokens=3000, stream=True)
-        assert next(iter(stream)).choices[0].text == " tok0"
-        assert gw.stop(signal.SIGTERM) == 0
-        with pytest.raises((openai.APIError, httpx.HTTPError)):
-            for _ in stream:  # the stream ends early: the gateway is gone
-                pass
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and [w["state"] for w in hive_workers(rbee_home, hive_port)] != ["idle"]:
-            time.sleep(0.1)
-        assert [w["state"] for w in hive_workers(rbee_home, hive_port)] == ["idle"]
-        assert "canceled" in gw.stderr()
-    finally:
-        gw.stop()
-        rbee_home.run("hive", "stop", "localhost")
+    gw = slow_gateway  # --grace 1: the running generation is cancelled after 1 s
+    client = gw.client()
+    stream = client.completions.create(model=model, prompt="long", max_tokens=400, stream=True)
+    assert next(iter(stream)).choices[0].text == " tok0"
+    assert gw.stop(signal.SIGTERM) == 0
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        for _ in stream:  # the stream ends early: the gateway is gone
+            pass
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and [w["state"] for w in hive_workers(rbee_home, hive_port)] != ["idle"]:
+        time.sleep(0.1)
+    assert [w["state"] for w in hive_workers(rbee_home, hive_port)] == ["idle"]
+    assert "canceled" in gw.stderr()
 
 
 def test_failed_requests_are_logged_and_counted_too(gateway: Gateway) -> None:
@@ -266,3 +273,4 @@ def test_a_taken_port_is_a_usage_error(rbee_home: RbeeHome, gateway: Gateway) ->
     port = gateway.url.rsplit(":", 1)[1]
     r = rbee_home.run("serve", "--port", port, env={"RBEE_SERVE_API_KEY": KEY})
     assert r.returncode == 2 and "cannot listen on 127.0.0.1:" in r.stderr and "Suggestion:" in r.stderr
+
