@@ -25,7 +25,8 @@ from rbee_fabric.schemas import ModelInfo, WorkerInfo
 
 log = logging.getLogger("rbee.serve")
 
-REFRESH_S = 2.0  # how often the background loop asks each hive for its workers
+REFRESH_S = 2.0  # how often the background loop asks each running hive for its workers
+IDLE_PROBE_S = 10.0  # how often it looks at nodes without a running hive, or down
 STALE_S = 5.0  # routing refreshes inline when what it knows is older than this
 PROBE_TIMEOUT_S = 5.0
 
@@ -49,6 +50,7 @@ class NodeHandle:
         self.workers: list[WorkerInfo] = []
         self.catalog: list[ModelInfo] = []
         self.seen_at = 0.0
+        self.probed_at = 0.0
         self.inflight: dict[str, int] = {}
         self._hive: HiveClient | None = None
         self._workers: dict[str, WorkerClient] = {}
@@ -192,6 +194,7 @@ class NodePool:
 
     async def probe(self, h: NodeHandle) -> None:
         """Refresh one node; on failure reconnect once, then mark it down."""
+        h.probed_at = time.monotonic()
         for attempt in (1, 2):
             try:
                 await asyncio.wait_for(h.refresh(), PROBE_TIMEOUT_S * 2)
@@ -214,8 +217,14 @@ class NodePool:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_S)
+            now = time.monotonic()
+            due = [
+                h.name for h in self.nodes.values()
+                if now - h.probed_at >= (REFRESH_S if h.up and h.hive_up else IDLE_PROBE_S) - 0.1
+            ]  # fmt: skip
             with contextlib.suppress(Exception):
-                await self.refresh_all()
+                if due:
+                    await self.refresh_all(due)
 
     def spawn_background(self, coro: Awaitable[object]) -> None:
         """Run coro to its end even if the request that wanted it is gone."""
