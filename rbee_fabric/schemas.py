@@ -105,6 +105,9 @@ class SpawnRequest(Message):
     backend: Backend = "auto"
     device: int = Field(default=0, ge=0)
     n_ctx: int = Field(default=2048, ge=16, le=1_048_576)
+    # auto: safe mode (llama.cpp extra buffer types off) after an engine crash
+    # while loading, and from then on for this node's build; on/off: forced.
+    safe_mode: Literal["auto", "on", "off"] = "auto"
 
 
 class WorkerInfo(Message):

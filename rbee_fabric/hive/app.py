@@ -17,6 +17,7 @@ from rbee_fabric.catalog import Catalog
 from rbee_fabric.errors import ModelNotFound, WorkerNotFound
 from rbee_fabric.ggufmeta import read_info
 from rbee_fabric.hive.provision import Provisioner
+from rbee_fabric.hive.safemode import SafeModeStore
 from rbee_fabric.hive.supervisor import Supervisor, SupervisorSettings
 from rbee_fabric.httpserver import install_api_key, install_error_handlers
 from rbee_fabric.resources import check_fit, gather, llama_backend_probe, pick_backend, required_mb
@@ -63,6 +64,7 @@ class Hive:
         self.settings = settings
         self.catalog = Catalog(settings.data_dir / "catalog.db")
         self.provisioner = Provisioner(self.catalog, settings.data_dir / "models")
+        self.safe_mode = SafeModeStore(settings.data_dir)
         self.supervisor = Supervisor(
             SupervisorSettings(
                 host=settings.host,
@@ -72,6 +74,7 @@ class Hive:
                 key_file=settings.key_file,
                 idle_timeout_s=settings.idle_timeout_s,
                 port_range=settings.worker_ports,
+                safe_store=self.safe_mode,
             )
         )
         self._llama_backend = settings.llama_backend
@@ -177,7 +180,11 @@ def create_app(settings: HiveSettings) -> FastAPI:
         n_ctx = min(req.n_ctx, meta.context_length or req.n_ctx)
         need = required_mb(model.size_bytes, meta.kv_cache_bytes(n_ctx))
         check_fit(need, backend, req.device, res, model.reference)
-        return await h.supervisor.spawn(model, backend, req.device, n_ctx)
+        safe, why = await asyncio.to_thread(h.safe_mode.initial, req.safe_mode)
+        return await h.supervisor.spawn(
+            model, backend, req.device, n_ctx, safe_mode=safe, safe_reason=why,
+            safe_policy=req.safe_mode,
+        )  # fmt: skip
 
     @app.post("/v1/workers/ready", response_model=Ack)
     async def worker_ready(cb: WorkerReadyCallback) -> Ack:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from rbee_fabric import cpufeatures
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
+from rbee_fabric.hive import safemode
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
 
 log = logging.getLogger("rbee.hive")
@@ -37,6 +39,7 @@ class SupervisorSettings:
     idle_timeout_s: float = 300.0
     port_range: tuple[int, int] = (9300, 9399)
     python: str = sys.executable
+    safe_store: safemode.SafeModeStore | None = None
 
 
 @dataclass
@@ -48,6 +51,9 @@ class _Worker:
     stopping: bool = False
     probe_failures: int = 0
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    cmd: list[str] = field(default_factory=list)
+    safe_policy: str = "auto"
+    crashed_with: str | None = None  # the engine signal that caused a safe-mode restart
 
 
 def tail(path: Path, lines: int = 20) -> list[str]:
@@ -108,7 +114,10 @@ class Supervisor:
 
     # ----------------------------------------------------------------- spawn
 
-    async def spawn(self, model: ModelInfo, backend: str, device: int, n_ctx: int) -> WorkerInfo:
+    async def spawn(
+        self, model: ModelInfo, backend: str, device: int, n_ctx: int, *,
+        safe_mode: bool = False, safe_reason: str | None = None, safe_policy: str = "auto",
+    ) -> WorkerInfo:  # fmt: skip
         wid = f"w-{uuid.uuid4().hex[:10]}"
         port = free_port(self.s.host, *self.s.port_range)
         host = f"[{self.s.host}]" if ":" in self.s.host else self.s.host
@@ -123,29 +132,43 @@ class Supervisor:
             "--backend", backend, "--device", str(device), "--n-ctx", str(n_ctx),
             "--key-file", self.s.key_file,
         ]  # fmt: skip
-        env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1"}
-        with open(log_path, "ab") as logf:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=logf,
-                    stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-                )  # fmt: skip
-            except OSError as exc:
-                raise WorkerStartFailed(f"cannot start the worker: {exc}") from exc
+        proc = await self._launch([*cmd, "--safe-mode"] if safe_mode else cmd, log_path)
         info = WorkerInfo(
             id=wid, model_id=model.id, model_reference=model.reference, url=url,
             pid=proc.pid, backend=backend, device=device, state="starting",
-            started_at=time.time(),
+            started_at=time.time(), safe_mode=safe_mode, safe_mode_reason=safe_reason,
         )  # fmt: skip
-        worker = _Worker(info=info, proc=proc, log_path=log_path)
+        worker = _Worker(info=info, proc=proc, log_path=log_path, cmd=cmd, safe_policy=safe_policy)
         self.workers[wid] = worker
         worker.watcher = asyncio.create_task(self._watch(worker))
         log.info("spawned worker %s pid %d on %s for %s", wid, proc.pid, url, model.reference)
         return info
 
+    async def _launch(self, cmd: list[str], log_path: Path) -> asyncio.subprocess.Process:
+        env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as logf:
+            try:
+                return await asyncio.create_subprocess_exec(
+                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise WorkerStartFailed(f"cannot start the worker: {exc}") from exc
+
     async def _watch(self, w: _Worker) -> None:
-        """Notice a worker's exit, whoever caused it, and forget it."""
+        """Notice a worker's exit, whoever caused it, and forget it.
+
+        An engine crash while loading gets one restart in safe mode, under the
+        same id and URL, so whoever follows its loading just keeps following.
+        """
         code = await w.proc.wait()
+        while sig := safemode.should_retry(
+            w.safe_policy, safe_mode=w.info.safe_mode, state=w.info.state,
+            stopping=w.stopping, returncode=code,
+        ):  # fmt: skip
+            if not await self._restart_safe(w, sig):
+                break
+            code = await w.proc.wait()
         self.workers.pop(w.info.id, None)
         reason = "stopped" if w.stopping else "exited unexpectedly"
         if not w.stopping:
@@ -154,11 +177,37 @@ class Supervisor:
             "exit_code": code,
             "reason": reason,
             "state_before": w.info.state,
+            "signal": safemode.signal_name(code),
+            "safe_mode": w.info.safe_mode,
             "log_tail": tail(w.log_path),
             "log_file": str(w.log_path),
         }
         while len(self.exited) > 100:
             self.exited.popitem(last=False)
+
+    async def _restart_safe(self, w: _Worker, sig: str) -> bool:
+        """Start a worker that crashed while loading once more, in safe mode."""
+        cpu = cpufeatures.detect()
+        log.warning(
+            "worker %s (pid %d) crashed with %s while loading (CPU: %s); llama.cpp's "
+            "AMX/repacking kernels are a known cause on some CPUs: restarting it once in safe mode",
+            w.info.id, w.info.pid, sig, f"{cpu.model}, {cpu.summary()}" if cpu else "unknown",
+        )  # fmt: skip
+        with contextlib.suppress(OSError), open(w.log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"--- rbee-hive: worker crashed with {sig}; restarting in safe mode ---\n")
+        try:
+            w.proc = await self._launch([*w.cmd, "--safe-mode"], w.log_path)
+        except WorkerStartFailed as exc:
+            log.error("safe-mode restart of worker %s failed: %s", w.info.id, exc.message)
+            return False
+        w.crashed_with = sig
+        w.info = w.info.model_copy(update={
+            "pid": w.proc.pid, "state": "starting", "safe_mode": True,
+            "safe_mode_reason": safemode.crash_reason(sig),
+        })  # fmt: skip
+        if w.stopping:  # stop() came while it was starting: it signalled the dead process
+            self._signal(w, signal.SIGTERM)
+        return True
 
     # ----------------------------------------------------------------- state
 
@@ -169,6 +218,12 @@ class Supervisor:
         w.info = w.info.model_copy(update={"state": cb.state})
         if cb.state != "loading":
             w.loaded.set()
+        if cb.state == "idle" and w.crashed_with and self.s.safe_store is not None:
+            rec = self.s.safe_store.record(w.crashed_with, w.info.model_reference)
+            w.crashed_with = None
+            log.warning("safe mode works here; recorded for %s in %s: later workers start "
+                        "in safe mode (%s)", self.s.safe_store.build, self.s.safe_store.path,
+                        rec["reason"])  # fmt: skip
 
     def list(self) -> list[WorkerInfo]:
         return [w.info for w in self.workers.values()]

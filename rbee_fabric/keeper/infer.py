@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ async def _ready_worker(run: _Run) -> tuple[WorkerRecord, bool]:
         out.info(f"starting a worker for {model.reference} on {t.node.name}")
         info = await hive.spawn(
             SpawnRequest.model_validate(
-                {"model_id": model.id, "backend": opts.backend, "device": opts.device, "n_ctx": opts.n_ctx}
+                {"model_id": model.id, "backend": opts.backend, "device": opts.device,
+                 "n_ctx": opts.n_ctx, "safe_mode": t.node.safe_mode}
             )
         )
         # Step 6: register.
@@ -143,7 +145,11 @@ async def _ready_worker(run: _Run) -> tuple[WorkerRecord, bool]:
             with contextlib.suppress(RbeeError):
                 await asyncio.shield(hive.shutdown_worker(info.id))
             raise
-        registry.touch(info.id, "idle")
+        info = await hive.worker(info.id)  # a safe-mode restart changed its pid
+        registry.add(dataclasses.replace(rec, pid=info.pid, state="idle", last_health_at=time.time()))
+        if info.safe_mode:
+            out.info(f"{t.node.name} runs llama.cpp in safe mode (AMX/repacking off): "
+                     f"{info.safe_mode_reason}; decode may be slower")  # fmt: skip
     finally:
         await hive.aclose()
     return rec, False
@@ -236,20 +242,53 @@ async def _start_failure(
 ) -> WorkerStartFailed:
     """Describe a worker that could not start, with the last lines of its log."""
     lines: list[str] = []
+    exited: dict[str, object] = {}
     for _ in range(20):  # the worker may still be on its way out
         try:
             await hive.worker(info.id)
         except WorkerNotFound as exc:
-            lines = list(exc.details.get("exited", {}).get("log_tail", []))
+            exited = dict(exc.details.get("exited", {}))
+            lines = list(exited.get("log_tail", []))  # type: ignore[call-overload]
             break
         await asyncio.sleep(0.1)
     log = "\n".join(f"  {line}" for line in lines[-10:])
+    if (crash := _engine_crash(run, info, exited, lines)) is not None:
+        return crash
     return WorkerStartFailed(
         f"the worker for {info.model_reference} could not start: {error or 'it exited'}",
         hint="check the model file and the node's resources; worker log:\n" + log
         if log
         else f"see rbee hive logs {run.t.node.name}",
         details={"worker_id": info.id, "log_tail": lines},
+    )
+
+
+def _engine_crash(
+    run: _Run, info: WorkerInfo, exited: dict[str, object], lines: list[str]
+) -> WorkerStartFailed | None:
+    """A worker killed by its own engine (SIGSEGV, SIGILL, SIGBUS): retrying will not help."""
+    sig = exited.get("signal")
+    if sig not in ("SIGSEGV", "SIGILL", "SIGBUS"):
+        return None
+    node = run.t.node.name
+    log = "\n".join(f"  {line}" for line in lines[-16:])  # room for the crash's stack
+    if exited.get("safe_mode"):
+        what = f"it crashed with {sig} while loading, in safe mode too (AMX/repacking off)"
+        hint = (f"llama.cpp itself crashes on {node} with this model; the same command will "
+                f"crash the same way. Report it with the log below; meanwhile try another "
+                f"backend (--backend), another quantization, or another llama-cpp-python "
+                f"build on the node (rbee nodes install {node} --upgrade)")  # fmt: skip
+    else:
+        what = f"it crashed with {sig} while loading"
+        hint = (f'safe mode is off for {node} (safe_mode = "off" in the inventory); set it to '
+                f'"auto" or "on" to run llama.cpp without AMX/repacking there')  # fmt: skip
+    return WorkerStartFailed(
+        f"the worker for {info.model_reference} could not start: {what}",
+        hint=hint + (f"; worker log:\n{log}" if log else f"; see rbee hive logs {node}"),
+        details={
+            "worker_id": info.id, "signal": sig, "safe_mode": bool(exited.get("safe_mode")),
+            "log_tail": exited.get("log_tail", []),
+        },
     )
 
 

@@ -38,6 +38,7 @@ class NodeEntry(BaseModel):
     python: str = Field(default="python3", min_length=1)
     install_dir: str = "~/.local/share/rbee"
     local: bool = False
+    safe_mode: Literal["auto", "on", "off"] = "auto"
 
 
 class InventoryFile(BaseModel):
@@ -62,6 +63,7 @@ class Node:
     python: str = "python3"
     install_dir: str = "~/.local/share/rbee"
     source: str = "built-in"
+    safe_mode: str = "auto"  # llama.cpp extra buffer types: auto (off after a crash), on, off
 
     @property
     def reach(self) -> str:
@@ -166,5 +168,6 @@ def load(explicit: str | None = None) -> Inventory:
             python=entry.python,
             install_dir=entry.install_dir,
             source=str(path),
+            safe_mode=entry.safe_mode,
         )
     return Inventory(nodes=nodes, path=path)

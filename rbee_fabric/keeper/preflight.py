@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from rbee_fabric import __version__, modelref
+from rbee_fabric.cpufeatures import CpuFeatures, parse_cpuinfo, parse_sysctl
 from rbee_fabric.errors import (
     HostKeyChanged,
     HostKeyUnknown,
@@ -25,6 +27,7 @@ from rbee_fabric.errors import (
     RbeeError,
     SshAuthFailed,
 )
+from rbee_fabric.hive import safemode
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.bootstrap import MIN_PYTHON, PROBE, parse_probe
 from rbee_fabric.keeper.client import Unreachable
@@ -40,7 +43,7 @@ WORKER_PORTS = (9300, 9399)
 
 NODE_PROBE = (
     "import json, os, socket, sys\n"
-    "host, hive_port, lo, hi, model, ctx = sys.argv[1:7]\n"
+    "host, hive_port, lo, hi, model, ctx, data = sys.argv[1:8]\n"
     "def free(p):\n"
     "    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)\n"
     "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons bind\n"
@@ -62,6 +65,11 @@ NODE_PROBE = (
     "    out['llama_backend'] = llama_build_backend()\n"
     "except Exception:\n"
     "    out['llama_backend'] = None\n"
+    "try:\n"
+    "    from rbee_fabric.hive.safemode import recorded\n"
+    "    out['safe_mode'] = recorded(data)\n"
+    "except Exception:\n"
+    "    pass\n"
     "if model and out.get('version'):\n"
     "    try:\n"
     "        from rbee_fabric.ggufmeta import read_info\n"
@@ -75,7 +83,9 @@ NODE_PROBE = (
 SHELL_FACTS = (
     'cat /proc/meminfo 2>/dev/null; echo @@; mkdir -p "$1" 2>/dev/null; df -Pk "$1"; echo @@; '
     "nvidia-smi --query-gpu=index,name,memory.total,memory.free --format=csv,noheader,nounits "
-    "2>/dev/null; echo @@; uname -sm"
+    "2>/dev/null; echo @@; uname -sm; "
+    # The first processor of /proc/cpuinfo (Linux), else the CPU sysctls (macOS).
+    "echo @@; sed '/^$/q' /proc/cpuinfo 2>/dev/null || sysctl machdep.cpu hw.optional 2>/dev/null"
 )
 
 ALIAS_PROBE = (
@@ -130,6 +140,15 @@ def parse_shell_facts(text: str) -> tuple[str, str, str, str]:
     """Split SHELL_FACTS output into meminfo, df, nvidia-smi and uname parts."""
     parts = [*text.split("@@\n"), "", "", "", ""][:4]
     return parts[0], parts[1], parts[2], parts[3].strip()
+
+
+def parse_cpu_facts(text: str) -> CpuFeatures | None:
+    """The CPU part of SHELL_FACTS (after the fourth `@@`): cpuinfo or sysctl text."""
+    parts = text.split("@@\n")
+    cpu = parts[4] if len(parts) > 4 else ""
+    if not cpu.strip():
+        return None
+    return parse_sysctl(cpu) if "machdep.cpu" in cpu or "hw.optional" in cpu else parse_cpuinfo(cpu)
 
 
 def parse_node_probe(text: str) -> dict[str, object]:
@@ -192,7 +211,7 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
         node_python = sys_python  # the port facts still come, the rest says "not installed"
     facts = parse_node_probe((await t.run(
         [node_python, "-c", NODE_PROBE, host, str(n.hive_port), str(WORKER_PORTS[0]),
-         str(WORKER_PORTS[1]), model_path or "", str(DEFAULT_CTX)], check=False)).stdout)  # fmt: skip
+         str(WORKER_PORTS[1]), model_path or "", str(DEFAULT_CTX), data], check=False)).stdout)  # fmt: skip
 
     installed = facts.get("version")
     if installed is None:
@@ -243,9 +262,32 @@ async def _check(t: Transport, r: NodeReport, model: str | None) -> None:
     elif built == "cpu" and len(backends) > 1:
         status, fix = "warn", "GPU present but llama-cpp-python is a CPU build: reinstall it with GPU support"
     r.add("backends", status, detail, fix)
+    _cpu_checks(r, n, parse_cpu_facts(shell.stdout), facts, data)
 
     if model is not None:
         _model_check(r, model, facts, alias_size, ram, gpus, str(built), installed is not None)
+
+
+def _cpu_checks(
+    r: NodeReport, n: Node, feats: CpuFeatures | None, facts: dict[str, object], data: str
+) -> None:
+    """The CPU features llama.cpp's kernels depend on, and safe mode where it is on."""
+    if feats is not None:
+        detail = f"{feats.model or 'unknown model'}: {feats.summary()}"
+        if feats.amx:
+            detail += " (llama.cpp's AMX kernels crash on some of these CPUs; the hive then uses safe mode)"
+        r.add("cpu", "pass" if feats.avx2 else "warn", detail,
+              None if feats.avx2 else "no AVX2: llama.cpp runs, but slowly")  # fmt: skip
+    rec = facts.get("safe_mode")
+    if n.safe_mode == "on":
+        r.add("safe mode", "warn", f'forced on in the inventory: {safemode.COST}',
+              f'set safe_mode = "auto" for {n.name} to use AMX and repacking where they work')  # fmt: skip
+    elif isinstance(rec, dict):
+        when = time.strftime("%Y-%m-%d", time.localtime(float(rec.get("recorded_at", 0))))
+        r.add("safe mode", "warn",
+              f"on since {when}: {rec.get('reason')} ({rec.get('model')}); {safemode.COST}",
+              f"to try normal mode again (e.g. after upgrading llama-cpp-python), delete "
+              f"{data}/{safemode.RECORD_FILE} on {n.name}")  # fmt: skip
 
 
 async def _connect(t: Transport, r: NodeReport) -> bool:
@@ -391,4 +433,5 @@ async def _catalog_path(t: Transport, reference: str) -> str | None:
     return next((m.path for m in models if m.reference == reference), None)
 
 
-__all__ = ["Check", "NodeReport", "check_nodes", "parse_df", "parse_node_probe", "parse_shell_facts"]
+__all__ = ["Check", "NodeReport", "check_nodes", "parse_cpu_facts", "parse_df", "parse_node_probe",
+           "parse_shell_facts"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -25,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--key-file", default="~/.config/rbee/api_key")
+    p.add_argument(
+        "--safe-mode", action="store_true",
+        help="turn off llama.cpp's extra buffer types (no AMX, no weight repacking): "
+        "for CPUs where those kernels crash",
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"llm-worker-rbee {__version__}")
     return p.parse_args(argv)
 
@@ -35,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # A crash in the engine (SIGSEGV...) leaves the crashing thread's Python stack
+    # in the worker log (one thread: the log tail the keeper shows stays short).
+    faulthandler.enable(all_threads=False)
     api_key = os.environ.get("RBEE_API_KEY")
     if not api_key:
         print("llm-worker-rbee: RBEE_API_KEY is not set", file=sys.stderr)
@@ -58,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         hive_url=args.hive_url,
         key_file=args.key_file,
     )
-    engine = make_engine(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx)
-    logging.getLogger("rbee").info("worker %s listening on %s", args.worker_id, settings.url)
+    engine = make_engine(
+        args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
+        safe_mode=args.safe_mode,
+    )  # fmt: skip
+    log = logging.getLogger("rbee")
+    log.info("worker %s listening on %s", args.worker_id, settings.url)
+    if args.safe_mode:
+        log.info("safe mode: llama.cpp extra buffer types off (no AMX, no weight repacking)")
     app = create_app(settings, engine)
     serve(app, sock)
     return int(getattr(app.state, "exit_code", 0))

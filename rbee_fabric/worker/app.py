@@ -283,6 +283,11 @@ async def _boot(app: FastAPI, w: WorkerState) -> None:
 
     try:
         await asyncio.to_thread(w.engine.load, progress)
+        # Prove the engine before reporting ready: a crash of its kernels (AMX on
+        # some CPUs) then happens while loading, where the hive can react.
+        t0 = time.monotonic()
+        await asyncio.to_thread(w.engine.warm_up)
+        log.info("warm-up done in %.0f ms", (time.monotonic() - t0) * 1000)
     except Exception as exc:
         message = f"model failed to load: {exc}"
         log.error("%s (%s)", message, s.model_path)

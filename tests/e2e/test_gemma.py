@@ -26,6 +26,9 @@ def test_gemma_streams_real_text_and_the_second_call_reuses_the_worker(rbee_home
         assert len(words) >= 5, f"no real text: {first.stdout!r}"
         assert "fetching gemma-3-270m-q4_k_m.gguf" in first.stderr  # assembled into the catalog once
         assert "(reused)" not in first.stderr
+        # The worker proved its engine (warm-up) before it said ready.
+        [log] = list((rbee_home.data / "logs").glob("worker-*.log"))
+        assert "warm-up done in" in log.read_text()
 
         second = rbee_home.run(*args, "--json", timeout=300)
         assert second.returncode == 0, second.stderr

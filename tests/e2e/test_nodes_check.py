@@ -42,8 +42,10 @@ def test_healthy_nodes_pass_and_the_table_says_ready(installed: RbeeHome) -> Non
         assert code == 0
         one = nodes["labnode1"]
         for name in ("name", "ssh", "host key", "auth", "python", "rbee-fabric", "hive", "api key",
-                     "worker ports", "disk", "ram", "backends", "model"):
+                     "worker ports", "disk", "ram", "backends", "cpu", "model"):
             assert one[name]["status"] == "pass", one[name]
+        assert "AVX2 yes" in one["cpu"]["detail"]  # probed on the node, from /proc/cpuinfo
+        assert "safe mode" not in one  # nothing recorded, nothing forced
         assert nodes["labnode2"]["hive"]["status"] == "warn"  # not running: started on demand
         assert "fits" in one["model"]["detail"]
         table = installed.run("nodes", "check", "labnode1")

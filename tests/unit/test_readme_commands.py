@@ -48,9 +48,7 @@ def _split(line: str) -> tuple[list[str], list[str]]:
     for w in words:
         if w.startswith("--"):
             flags.append(w.split("=", 1)[0])
-        elif not flags and not path:
-            path.append(w)
-        elif not flags and len(path) == 1 and path[0] in GROUPS and not w.startswith("-"):
+        elif (not flags and not path) or (not flags and len(path) == 1 and path[0] in GROUPS and not w.startswith("-")):
             path.append(w)
     return path, flags
 
