@@ -21,6 +21,7 @@
     ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx)
     ├── QueueTimeout               QUEUE_TIMEOUT (504, waited past --queue-timeout)
     ├── ConnectionLost             CONNECTION_LOST (stream broke, worker alive)
+    ├── NodesUnavailable           NODES_UNAVAILABLE (503, no node holding the model answers)
     ├── WorkerCrashed              WORKER_CRASHED
     ├── WorkerStartFailed          WORKER_START_FAILED
     ├── WorkerNotFound             WORKER_NOT_FOUND (404)
@@ -225,6 +226,12 @@ class NoChatTemplate(RbeeError):
     http_status = 400
     exit_code = EXIT_USAGE
     default_hint = "name a chat format with --chat-format, or use --raw"
+class NodesUnavailable(RbeeError):
+    """No node that could serve the request answers (details.nodes: name -> reason)."""
+
+    code = "NODES_UNAVAILABLE"
+    http_status = 503
+    default_hint = "check the nodes with `rbee nodes check`; the gateway retries them on its own"
 
 
 class WorkerCrashed(RbeeError):
@@ -315,6 +322,7 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         QueueTimeout,
         ConnectionLost,
         NoChatTemplate,
+        NodesUnavailable,
         WorkerCrashed,
         WorkerStartFailed,
         WorkerNotFound,

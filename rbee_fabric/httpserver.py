@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import signal
 import socket
@@ -193,8 +194,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: FastAPI, sock: socket.socket, *, log_level: str = "warning") -> None:
-    """Run uvicorn on an already bound socket until it is told to stop."""
+def serve(
+    app: FastAPI, sock: socket.socket, *, log_level: str = "warning",
+    graceful_s: float | None = None,
+) -> None:  # fmt: skip
+    """Run uvicorn on an already bound socket until it is told to stop.
+
+    graceful_s bounds how long a stop waits for running requests before
+    cancelling them (None: as long as they take).
+    """
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -210,7 +218,10 @@ def serve(app: FastAPI, sock: socket.socket, *, log_level: str = "warning") -> N
                 for sig, handler in originals.items():
                     signal.signal(sig, handler)
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=math.ceil(graceful_s) if graceful_s is not None else None,
+    )  # fmt: skip
     server = _Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)
     asyncio.run(server.serve(sockets=[sock]))

@@ -164,7 +164,19 @@ def build_request(o: InferOptions, request_id: str) -> InferenceRequest:
 async def acquire(t: Transport, opts: InferOptions, out: Reporter, registry: Registry) -> Acquired:
     """Steps 1 to 7: a ready worker for the model on the node (reused or started)."""
     ref = modelref.parse(opts.model).canonical  # bad references fail before any I/O
-    run = _Run(t, opts, out, registry, ref)
+    return await _acquire(_Run(t, opts, out, registry, ref))
+
+
+async def ready_worker(
+    t: Transport, opts: InferOptions, out: Reporter, registry: Registry
+) -> tuple[WorkerRecord, bool]:
+    """Steps 1 to 7 for the gateway: a ready worker on t's node; (record, reused)."""
+    got = await acquire(t, opts, out, registry)
+    return got.rec, got.reused
+
+
+async def _acquire(run: _Run) -> Acquired:
+    t, opts, out, registry, ref = run.t, run.opts, run.out, run.registry, run.ref
     # Step 1: registry hit -> straight to inference.
     if (hit := await _registry_hit(run)) is not None:
         return Acquired(run, hit, True, await _has_template(run))
@@ -228,6 +240,8 @@ def _node_settings(t: Transport) -> dict[str, int]:
 
 async def _check_context(run: _Run, hive: HiveClient, model: ModelInfo) -> None:
     """CONTEXT_TOO_LONG before loading; the node counts tokens only for a long prompt."""
+    if not run.opts.prompt:
+        return  # `rbee serve` gets a worker ready first; the worker checks each request
     limit = model.context_length
     n_ctx = min(run.opts.n_ctx, limit or run.opts.n_ctx)
     req = build_request(run.opts, "context-check")
