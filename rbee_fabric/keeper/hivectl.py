@@ -55,7 +55,7 @@ def check_version(health: HiveHealth, node: str) -> None:
         )
 
 
-async def _health(t: Transport, hive: HiveClient, timeout: float) -> HiveHealth:
+async def proven_health(t: Transport, hive: HiveClient, timeout: float) -> HiveHealth:
     """The hive's proven health; our own hive holding another key is INVALID_API_KEY."""
     try:
         return await hive.health(timeout=timeout)
@@ -85,7 +85,7 @@ async def ensure_hive(
     last = ""
     for n in range(1, attempts + 1):
         try:
-            health = await _health(t, hive, 3.0)
+            health = await proven_health(t, hive, 3.0)
             break
         except Unreachable as exc:
             last = exc.message
@@ -144,7 +144,7 @@ async def _start_and_wait(
     last = ""
     while time.monotonic() < deadline:
         try:
-            return await _health(t, hive, 2.0)
+            return await proven_health(t, hive, 2.0)
         except Unreachable as exc:
             last = exc.message
         if await t.hive_start_failed():
@@ -175,7 +175,7 @@ async def status(t: Transport) -> HiveStatus:
     try:
         pid = await t.hive_pid()
         try:
-            health = await _health(t, hive, 3.0)
+            health = await proven_health(t, hive, 3.0)
         except Unreachable as exc:
             return HiveStatus(False, pid, address, error=exc.message)
         workers: int | None = None

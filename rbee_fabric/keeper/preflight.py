@@ -351,7 +351,11 @@ async def _hive_checks(t: Transport, r: NodeReport, host: str) -> bool:
     hive = await hivectl.connect_hive(t)
     try:
         try:
-            health = await hive.health(timeout=3.0)
+            health = await hivectl.proven_health(t, hive, 3.0)
+        except InvalidApiKey as exc:  # our hive, proven to hold another key (none was sent)
+            r.add("hive", "pass", f"running, {host}:{t.node.hive_port}")
+            r.add("api key", "fail", exc.message, exc.hint)
+            return True
         except Unreachable:
             r.add("hive", "warn", "not running (the keeper starts it on demand)",
                   f"rbee hive start {t.node.name}")  # fmt: skip

@@ -101,7 +101,8 @@ def test_wrong_api_key_and_hive_port_taken(installed: RbeeHome) -> None:
         code, nodes = check(installed, "labnode1", "labnode2")
         assert code == 1
         c = nodes["labnode1"]["api key"]
-        assert c["status"] == "fail" and "labnode1:~/.config/rbee/api_key" in c["fix"]
+        assert c["status"] == "fail" and "labnode1:~/.config/rbee/api_key" in c["detail"]
+        assert "the key was not sent" in c["detail"] and "rbee hive start labnode1" in c["fix"]
         port = nodes["labnode2"]["hive port"]
         assert port["status"] == "fail" and "taken by another program" in port["detail"]
         assert "hive_port" in port["fix"]
