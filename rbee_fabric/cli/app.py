@@ -37,6 +37,15 @@ G = _Globals()
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="node name (see `rbee nodes list`)")]
 NodeArg = Annotated[str, typer.Argument(help="node name (see `rbee nodes list`)")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="gemma3-270m, file:/abs/x.gguf, hf:ORG/REPO[:FILE|:QUANT]")]
+TemperatureOpt = Annotated[float, typer.Option(min=0.0, max=10.0)]
+TopPOpt = Annotated[float, typer.Option(min=0.0, max=1.0)]
+SeedOpt = Annotated[int | None, typer.Option(min=0, help="sampling seed")]
+BackendOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or metal")]
+DeviceOpt = Annotated[int, typer.Option(min=0, help="GPU index")]
+LoadTimeoutOpt = Annotated[float, typer.Option(min=1.0, help="seconds to wait for the model to load")]
+CtxSizeOpt = Annotated[int, typer.Option("--ctx-size", min=16, help="context length")]
+StartHiveOpt = Annotated[bool, typer.Option(help="start the hive if it is not running")]
 
 
 @app.callback()
@@ -63,23 +72,23 @@ def _run(coro: Any) -> Any:
 
 @app.command()
 def infer(
-    model: Annotated[str, typer.Option("--model", "-m", help="gemma3-270m, file:/abs/x.gguf, hf:ORG/REPO[:FILE|:QUANT]")],
+    model: ModelOpt,
     node: NodeOpt = "localhost",
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="prompt (read from stdin if omitted)")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="cap on generated tokens (default: a chat answer runs to the end of its turn; raw completion stops at 256)")] = None,
     system: Annotated[str | None, typer.Option("--system", help="system prompt (chat)")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="plain completion even if the model has a chat template")] = False,
     chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format to render with (gemma, llama-3, chatml, ...)")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, max=10.0)] = 0.7,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
-    seed: Annotated[int | None, typer.Option(min=0, help="sampling seed")] = None,
-    backend: Annotated[str, typer.Option(help="auto, cpu, cuda or metal")] = "auto",
-    device: Annotated[int, typer.Option(min=0, help="GPU index")] = 0,
-    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the model to load")] = 300.0,
+    temperature: TemperatureOpt = 0.7,
+    top_p: TopPOpt = 0.95,
+    seed: SeedOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = 0,
+    timeout: LoadTimeoutOpt = 300.0,
     queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = 600.0,
     retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = 3,
-    ctx_size: Annotated[int, typer.Option("--ctx-size", min=16, help="context length")] = 2048,
-    start_hive: Annotated[bool, typer.Option(help="start the hive if it is not running")] = True,
+    ctx_size: CtxSizeOpt = 2048,
+    start_hive: StartHiveOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object at the end")] = False,
 ) -> None:
     """Generate text with MODEL on NODE, streaming tokens to stdout."""

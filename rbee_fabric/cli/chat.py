@@ -9,7 +9,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rbee_fabric.cli.app import G, NodeOpt, _run, app
+from rbee_fabric.cli.app import (
+    BackendOpt,
+    CtxSizeOpt,
+    DeviceOpt,
+    G,
+    LoadTimeoutOpt,
+    ModelOpt,
+    NodeOpt,
+    SeedOpt,
+    StartHiveOpt,
+    TemperatureOpt,
+    TopPOpt,
+    _run,
+    app,
+)
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -26,19 +40,19 @@ Ctrl+C stops an answer; at an empty prompt, press it twice to leave."""
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Option("--model", "-m", help="gemma3-270m, file:/abs/x.gguf, hf:ORG/REPO[:FILE|:QUANT]")],
+    model: ModelOpt,
     node: NodeOpt = "localhost",
     system: Annotated[str | None, typer.Option("--system", help="system prompt")] = None,
     chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format when the model has no template (gemma, llama-3, chatml, ...)")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="cap on each answer (default: to the end of the turn)")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, max=10.0)] = 0.7,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
-    seed: Annotated[int | None, typer.Option(min=0, help="sampling seed")] = None,
-    backend: Annotated[str, typer.Option(help="auto, cpu, cuda or metal")] = "auto",
-    device: Annotated[int, typer.Option(min=0, help="GPU index")] = 0,
-    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the model to load")] = 300.0,
-    ctx_size: Annotated[int, typer.Option("--ctx-size", min=16, help="context length")] = 2048,
-    start_hive: Annotated[bool, typer.Option(help="start the hive if it is not running")] = True,
+    temperature: TemperatureOpt = 0.7,
+    top_p: TopPOpt = 0.95,
+    seed: SeedOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = 0,
+    timeout: LoadTimeoutOpt = 300.0,
+    ctx_size: CtxSizeOpt = 2048,
+    start_hive: StartHiveOpt = True,
 ) -> None:
     """Talk with MODEL on NODE: each answer streams, the conversation is kept."""
     from rbee_fabric.cli.ui import TerminalReporter, fail
