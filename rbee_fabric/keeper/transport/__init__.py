@@ -14,22 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from rbee_fabric import paths, pidfile
 from rbee_fabric.keeper.inventory import Node
-
-
-@dataclass
-class RemoteResult:
-    """The outcome of a command on a node (or here): command, status, output."""
-
-    command: str
-    exit_status: int
-    stdout: str
-    stderr: str
+from rbee_fabric.keeper.transport.base import Connector, RemoteResult
 
 
 class Transport(Protocol):
@@ -204,4 +194,4 @@ def for_node(node: Node) -> Transport:
     return SshTransport(node)
 
 
-__all__ = ["LocalTransport", "RemoteResult", "Transport", "for_node", "wait_gone"]
+__all__ = ["Connector", "LocalTransport", "RemoteResult", "Transport", "for_node", "wait_gone"]
