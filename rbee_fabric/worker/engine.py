@@ -168,18 +168,20 @@ class LlamaEngine:
             kwargs["seed"] = req.seed
         if (grammar := _grammar(req)) is not None:
             kwargs["grammar"] = grammar
-        stream = llm.create_completion(tokens, **kwargs)
+        llm.generate = _TokenCounter(llm, req.max_tokens, result).generate  # until the end
         clean = SpecialTokenFilter(self.specials)
+        try:
+            stream = llm.create_completion(tokens, **kwargs)
+        except BaseException:
+            del llm.generate
+            raise
         try:
             for chunk in stream:
                 if cancel.is_set():
                     result.stop_reason = "canceled"
                     return
                 choice = chunk["choices"][0]
-                finish = choice.get("finish_reason")
-                if finish is None:
-                    result.tokens += 1  # stream chunks, about one a token
-                else:
+                if (finish := choice.get("finish_reason")) is not None:
                     result.stop_reason = "length" if finish == "length" else "stop"
                 if text := clean.feed(choice.get("text", "")):
                     yield text
@@ -187,6 +189,7 @@ class LlamaEngine:
                 yield tail
         finally:
             stream.close()
+            del llm.generate  # back to the class's method
 
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode(), add_bos=True, special=True))
@@ -195,6 +198,44 @@ class LlamaEngine:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+class _TokenCounter:
+    """Counts the tokens a completion generates and enforces max_tokens itself.
+
+    llama-cpp-python's streaming completion is no measure of either: a stream
+    chunk can carry several tokens (a multi-byte character) or none, and when
+    the last allowed token starts a multi-byte UTF-8 character its loop skips
+    the max_tokens check until the character is complete, so up to three more
+    tokens come (a worker once reported 23 tokens for max_tokens 20). Every
+    token the model samples passes through `Llama.generate`; this wrapper
+    counts them (end-of-generation tokens aside, as the completion drops them)
+    and ends the generation after the limit, which the completion reports as
+    finish_reason "length".
+    """
+
+    def __init__(self, llm: Any, max_tokens: int | None, result: Generation) -> None:
+        import llama_cpp
+
+        self._generate = llm.generate
+        vocab = llm._model.vocab
+        self._is_eog: Callable[[int], bool] = lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t))
+        self.max_tokens = max_tokens
+        self.result = result
+
+    def generate(self, *args: Any, **kwargs: Any) -> Iterator[int]:
+        tokens = self._generate(*args, **kwargs)
+        try:
+            for token in tokens:
+                if self._is_eog(token):
+                    yield token  # the completion stops here and does not count it
+                    return
+                if self.max_tokens is not None and self.result.tokens >= self.max_tokens:
+                    return
+                self.result.tokens += 1
+                yield token
+        finally:
+            tokens.close()
 
 
 def _grammar(req: InferenceRequest) -> Any:
