@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import threading
@@ -9,7 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rbee_fabric import modelref
 from rbee_fabric.db import open_db
+from rbee_fabric.errors import RbeeError
 from rbee_fabric.ggufmeta import read_info
 from rbee_fabric.schemas import ModelInfo
 
@@ -51,6 +54,24 @@ class Catalog:
         with self._lock:
             rows = list(self._db[_TABLE].rows_where("id = ?", [model_id]))
         return _info(rows[0]) if rows else None
+
+    def matching(self, name: str) -> builtins.list[ModelInfo]:
+        """Entries a user's name for a model means: its id, or a reference as `--model` takes it.
+
+        An exact id or reference gives one entry; `hf:ORG/REPO` also means
+        every file of that repo in the catalog (so it may give several).
+        """
+        if (by_id := self.get(name)) is not None:
+            return [by_id]
+        try:
+            ref = modelref.parse(name)
+        except RbeeError:
+            return []
+        entries = self.list()
+        exact = [m for m in entries if m.reference == ref.canonical]
+        if exact or ref.kind != "hf" or ref.filename or ref.quant:
+            return exact
+        return [m for m in entries if m.reference.startswith(f"{ref.canonical}:")]
 
     def find(self, reference: str) -> ModelInfo | None:
         """The entry for a canonical reference, if its file is still there intact."""

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from rbee_fabric import __version__, sse
 from rbee_fabric.catalog import Catalog
-from rbee_fabric.errors import ModelNotFound, WorkerNotFound
+from rbee_fabric.errors import ModelNotFound, UsageError, WorkerNotFound
 from rbee_fabric.hive import vocab
 from rbee_fabric.hive.provision import Provisioner
 from rbee_fabric.hive.safemode import SafeModeStore
@@ -153,20 +153,20 @@ def create_app(settings: HiveSettings) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.delete("/v1/models/{model_id}", response_model=Ack)
-    async def delete_model(model_id: str) -> Ack:
+    @app.delete("/v1/models/{model:path}", response_model=Ack)
+    async def delete_model(model: str) -> Ack:
+        """Remove a model named by its catalog id or by a reference (gemma3-270m, hf:..., file:...)."""
         h = hive()
-        info = h.catalog.get(model_id)
-        if info is None:
-            raise ModelNotFound(f"no model {model_id!r} in this node's catalog", hint=None)
-        users = [w.id for w in h.supervisor.list() if w.model_id == model_id]
+        info = _one_model(h, model)
+        users = [w.id for w in h.supervisor.list() if w.model_id == info.id]
         for wid in users:
             await h.supervisor.stop(wid, reason="model removed")
-        h.catalog.remove(model_id)
+        h.catalog.remove(info.id)
         owned = Path(info.path).resolve().is_relative_to((settings.data_dir / "models").resolve())
         if owned:  # never delete a user's own file: file: references stay where they are
             Path(info.path).unlink(missing_ok=True)
-        return Ack(message=f"removed {model_id}" + (" and its file" if owned else ""))
+            _drop_empty_dirs(Path(info.path).parent, settings.data_dir / "models")
+        return Ack(message=f"removed {info.reference} ({info.id})" + (" and its file" if owned else ""))
 
     # --------------------------------------------------------------- workers
 
@@ -213,3 +213,34 @@ def _model(h: Hive, model_id: str) -> ModelInfo:
             hint="provision it first (POST /v1/models/download)",
         )
     return model
+
+
+def _one_model(h: Hive, name: str) -> ModelInfo:
+    """The one catalog entry `name` (an id or a reference) means; else a clear error."""
+    found = h.catalog.matching(name)
+    if len(found) == 1:
+        return found[0]
+    listing = ", ".join(f"{m.id} ({m.reference})" for m in (found or h.catalog.list())[:10])
+    if found:
+        raise UsageError(
+            f"{name!r} matches {len(found)} models in this node's catalog: {listing}",
+            hint="name one by its id or by its full reference (hf:ORG/REPO:FILE.gguf)",
+            details={"field": "model", "matches": [m.id for m in found]},
+        )
+    raise ModelNotFound(
+        f"no model {name!r} in this node's catalog",
+        hint=f"the catalog holds: {listing}" if listing else "the catalog is empty",
+        details={"model": name},
+    )
+
+
+def _drop_empty_dirs(directory: Path, root: Path) -> None:
+    """Remove the directories a removed model leaves empty, up to (not including) root."""
+    root = root.resolve()
+    d = directory.resolve()
+    while d != root and d.is_relative_to(root):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent
