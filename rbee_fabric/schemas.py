@@ -119,6 +119,11 @@ class DownloadProgress(Message):
     resumed_from: int = 0
     model: ModelInfo | None = None
     error: ErrorBody | None = None
+    # Lines for the user, oldest first ("retry 2/6 in 2 s: ConnectError: ..."). Each
+    # event carries them all, so a client that missed an event still shows every one.
+    notes: list[str] = Field(default_factory=list)
+    # What the progress bar says the hive does ("assembling FILE"); None: fetching FILE.
+    label: str | None = None
 
 
 class SpawnRequest(Message):

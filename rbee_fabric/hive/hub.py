@@ -5,6 +5,11 @@ files (honouring HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE) and builds the
 URL and auth headers; the bytes are streamed with httpx into a `.part` file
 so the hive can report progress per chunk, resume with a Range request after
 an interruption, and check the sha256 before anything enters the catalog.
+
+Both steps, asking the hub and fetching the bytes, are tried ATTEMPTS times
+with exponential backoff (RBEE_DOWNLOAD_BACKOFF_S, 1 s: 1, 2, 4, 8, 16 s);
+each retry is announced through `notify` ("retry 2/6 in 2 s: REASON"), which
+the provisioner turns into a note of the download's progress stream.
 """
 
 from __future__ import annotations
@@ -77,8 +82,58 @@ def choose_file(files: list[str], ref: ModelRef) -> str:
     return ggufs[0]
 
 
+Notify = Callable[[str], Awaitable[None]]
+"""Tells the user something while a download goes on (a retry and its reason)."""
+
+
+def endpoint() -> str:
+    """The hub this node asks: HF_ENDPOINT, else the Hugging Face hub."""
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
+
+
+class Unreachable(Exception):
+    """The hub did not answer (network, DNS, timeout, HTTP 5xx or 429): worth another try."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its class and its message."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def resolve_retrying(ref: ModelRef, notify: Notify, attempts: int = ATTEMPTS) -> HubFile:
+    """`resolve`, tried `attempts` times while the hub is unreachable; each retry announced."""
+    started, reason = time.monotonic(), ""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await asyncio.to_thread(resolve, ref)
+        except Unreachable as exc:
+            reason = str(exc)
+            if attempt < attempts:
+                delay = _backoff_s() * 2 ** (attempt - 1)
+                await notify(f"retry {attempt + 1}/{attempts} in {delay:g} s: {reason}")
+                await asyncio.sleep(delay)
+    raise DownloadFailed(
+        f"cannot reach the model hub at {endpoint()} for {ref.raw}: tried {attempts} times "
+        f"over {time.monotonic() - started:.0f} s; the last error: {reason}",
+        hint=_unreachable_hint(),
+        details={"attempts": attempts, "last_error": reason, "endpoint": endpoint()},
+    )
+
+
+def _unreachable_hint() -> str:
+    mirror = f"HF_ENDPOINT is {endpoint()}: is it right?" if os.environ.get("HF_ENDPOINT") else (
+        "behind a mirror, set HF_ENDPOINT for the node's hive"
+    )
+    return (
+        f"check the node's network and DNS ({mirror}); to run only models the node "
+        "already has, set HF_HUB_OFFLINE=1; or copy the model from a machine that has "
+        "it: rbee models push --node NODE FILE.gguf"
+    )
+
+
 def resolve(ref: ModelRef) -> HubFile:
-    """Ask the hub which file to fetch, its size and hash (blocking)."""
+    """Ask the hub which file to fetch, its size and hash (blocking); Unreachable to retry."""
+    import httpx2
     from huggingface_hub import HfApi, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
@@ -93,12 +148,13 @@ def resolve(ref: ModelRef) -> HubFile:
             hint="copy the model to the node instead: rbee models push --node NODE FILE.gguf",
         ) from None
     except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is None or status >= 500 or status == 429:
+            raise Unreachable(describe(exc)) from None
         raise _hub_error(exc, ref) from None
-    except (httpx.HTTPError, OSError) as exc:
-        raise DownloadFailed(
-            f"cannot reach the Hugging Face hub for {ref.raw}: {exc}",
-            hint="check the node's internet access (or HF_ENDPOINT)",
-        ) from None
+    except (httpx.HTTPError, httpx2.HTTPError, OSError) as exc:
+        # huggingface_hub speaks httpx2, the downloads below httpx: both are networks.
+        raise Unreachable(describe(exc)) from None
     siblings = {s.rfilename: s for s in info.siblings or []}
     name = choose_file(list(siblings), ref)
     s = siblings[name]
@@ -133,10 +189,13 @@ class TooLarge(Exception):
     """The server sent more than the download may hold."""
 
 
-async def fetch(f: HubFile, part: Path, progress: Progress, limit: int | None = None) -> int:
+async def fetch(
+    f: HubFile, part: Path, progress: Progress, limit: int | None = None, notify: Notify | None = None
+) -> int:
     """Download into `part`, resuming what is there; returns the bytes resumed from.
 
-    Up to ATTEMPTS tries with exponential backoff; an HTTP 4xx is final.
+    Up to ATTEMPTS tries with exponential backoff, each retry announced to
+    `notify`; an HTTP 4xx is final.
     The file never grows past the announced size, nor past `limit` bytes
     (the bound for a file whose size the hub did not announce): TooLarge.
     """
@@ -166,12 +225,17 @@ async def fetch(f: HubFile, part: Path, progress: Progress, limit: int | None = 
                     return resumed_from
                 last_error = "the connection ended before the whole file arrived"
             except (httpx.HTTPError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last_error = describe(exc)
             if attempt < ATTEMPTS:
-                await asyncio.sleep(_backoff_s() * 2 ** (attempt - 1))
+                delay = _backoff_s() * 2 ** (attempt - 1)
+                if notify is not None:
+                    await notify(f"retry {attempt + 1}/{ATTEMPTS} in {delay:g} s: {last_error}")
+                await asyncio.sleep(delay)
     raise DownloadFailed(
         f"downloading {f.repo}/{f.filename} failed after {ATTEMPTS} attempts: {last_error}",
-        hint="run the pull again: it resumes where it stopped",
+        hint="run the pull again: it resumes where it stopped; if it fails again, check the "
+        f"node's network ({endpoint()}) or copy the model from a machine that has it: "
+        "rbee models push --node NODE FILE.gguf",
         details={"attempts": ATTEMPTS, "last_error": last_error},
     )
 

