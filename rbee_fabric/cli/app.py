@@ -1,15 +1,18 @@
-"""`rbee`, the keeper CLI (SPEC section 8). Heavy imports happen inside commands."""
+"""`rbee`, the keeper CLI (SPEC section 8): the root app, its flags, the command groups.
+
+Each group lives in its own module; heavy imports happen inside the commands.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from rbee_fabric import __version__
+from rbee_fabric.cli import chat, hive, infer, models, nodes, serve, workers
+from rbee_fabric.cli.options import G
 
 app = typer.Typer(
     name="rbee",
@@ -18,34 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-nodes_app = typer.Typer(help="Nodes of the inventory.", no_args_is_help=True)
-hive_app = typer.Typer(help="The rbee-hive daemon of a node.", no_args_is_help=True)
-workers_app = typer.Typer(help="Workers (loaded models).", no_args_is_help=True)
-models_app = typer.Typer(help="Models in a node's catalog.", no_args_is_help=True)
-app.add_typer(nodes_app, name="nodes")
-app.add_typer(hive_app, name="hive")
-app.add_typer(workers_app, name="workers")
-app.add_typer(models_app, name="models")
-
-
-class _Globals:
-    inventory: str | None = None
-    debug: bool = False
-
-
-G = _Globals()
-
-NodeOpt = Annotated[str, typer.Option("--node", "-n", help="node name (see `rbee nodes list`)")]
-NodeArg = Annotated[str, typer.Argument(help="node name (see `rbee nodes list`)")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="gemma3-270m, file:/abs/x.gguf, hf:ORG/REPO[:FILE|:QUANT]")]
-TemperatureOpt = Annotated[float, typer.Option(min=0.0, max=10.0)]
-TopPOpt = Annotated[float, typer.Option(min=0.0, max=1.0)]
-SeedOpt = Annotated[int | None, typer.Option(min=0, help="sampling seed")]
-BackendOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or metal")]
-DeviceOpt = Annotated[int, typer.Option(min=0, help="GPU index")]
-LoadTimeoutOpt = Annotated[float, typer.Option(min=1.0, help="seconds to wait for the model to load")]
-CtxSizeOpt = Annotated[int, typer.Option("--ctx-size", min=16, help="context length")]
-StartHiveOpt = Annotated[bool, typer.Option(help="start the hive if it is not running")]
 
 
 @app.callback()
@@ -61,108 +36,16 @@ def _root(
     os.umask(0o077)  # the registry, logs and keys rbee writes are the user's alone
 
 
-def _run(coro: Any) -> Any:
-    from rbee_fabric.cli.ui import run
-
-    return run(coro, debug=G.debug)
-
-
-# ------------------------------------------------------------------- infer
-
-
-@app.command()
-def infer(
-    model: ModelOpt,
-    node: NodeOpt = "localhost",
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="prompt (read from stdin if omitted)")] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=1, help="cap on generated tokens (default: a chat answer runs to the end of its turn; raw completion stops at 256)")] = None,
-    system: Annotated[str | None, typer.Option("--system", help="system prompt (chat)")] = None,
-    raw: Annotated[bool, typer.Option("--raw", help="plain completion even if the model has a chat template")] = False,
-    chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format to render with (gemma, llama-3, chatml, ...)")] = None,
-    temperature: TemperatureOpt = 0.7,
-    top_p: TopPOpt = 0.95,
-    seed: SeedOpt = None,
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = 0,
-    timeout: LoadTimeoutOpt = 300.0,
-    queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = 600.0,
-    retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = 3,
-    ctx_size: CtxSizeOpt = 2048,
-    start_hive: StartHiveOpt = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object at the end")] = False,
-) -> None:
-    """Generate text with MODEL on NODE, streaming tokens to stdout."""
-    from rbee_fabric.cli.ui import TerminalReporter, err
-    from rbee_fabric.errors import UsageError
-    from rbee_fabric.keeper.infer import InferOptions
-    from rbee_fabric.keeper.infer import infer as run_infer
-    from rbee_fabric.keeper.session import node_transport, open_registry
-
-    if backend not in ("auto", "cpu", "cuda", "metal"):
-        from rbee_fabric.cli.ui import fail
-
-        fail(UsageError(f"invalid --backend {backend!r}", hint="use auto, cpu, cuda or metal"))
-    if prompt is None:
-        if sys.stdin.isatty():
-            from rbee_fabric.cli.ui import fail
-
-            fail(UsageError("no prompt given", hint='pass --prompt "..." or pipe it on stdin'))
-        prompt = sys.stdin.read()
-    if not prompt.strip():
-        from rbee_fabric.cli.ui import fail
-
-        fail(UsageError("the prompt is empty", hint='pass --prompt "..."'))
-    opts = InferOptions(
-        model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-        top_p=top_p, seed=seed, backend=backend, device=device, timeout=timeout,
-        retry=retry, n_ctx=ctx_size, start_hive=start_hive, queue_timeout=queue_timeout,
-        system=system, raw=raw, chat_format=chat_format,
-    )  # fmt: skip
-    if raw and chat_format:
-        from rbee_fabric.cli.ui import fail
-
-        fail(UsageError("--raw and --chat-format contradict each other", hint="choose one"))
-    reporter = TerminalReporter(quiet_tokens=as_json)
-
-    async def main() -> Any:
-        registry = open_registry()
-        try:
-            async with node_transport(node, G.inventory) as t:
-                return await run_infer(t, opts, reporter, registry)
-        finally:
-            reporter.close_bar()
-            registry.close()
-
-    summary = _run(main())
-    if as_json:
-        print(json.dumps({
-            "text": "".join(reporter.tokens), "tokens": summary.tokens,
-            "seconds": round(summary.seconds, 3),
-            "first_token_s": round(summary.first_token_s, 3),
-            "tokens_per_second": round(summary.tokens_per_second, 2),
-            "worker_id": summary.worker_id, "reused_worker": summary.reused,
-            "stop_reason": summary.stop_reason, "queued_s": round(summary.queued_s, 3),
-            "prompt_tokens": summary.prompt_tokens, "rendered_as": summary.rendered_as,
-        }))  # fmt: skip
-        return
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    err.print(
-        f"[dim]{summary.tokens} tokens in {summary.seconds:.2f} s "
-        f"({summary.tokens_per_second:.1f} tokens/s), first token after "
-        f"{summary.first_token_s:.2f} s, worker {summary.worker_id}"
-        f"{' (reused)' if summary.reused else ''}"
-        f"{f', {summary.queued_s:.2f} s in the queue' if summary.queued_s else ''}[/dim]"
-    )
-
-
-# ------------------------------------------------------------------- version
-
-
-@app.command()
 def version() -> None:
     """Print the version of rbee-fabric."""
     print(f"rbee-fabric {__version__}")
 
 
-from rbee_fabric.cli import chat, commands  # noqa: E402,F401  (registers the sub-commands)
+app.command()(infer.infer)
+app.command()(version)
+app.command()(chat.chat)
+app.add_typer(nodes.app, name="nodes")
+app.add_typer(hive.app, name="hive")
+app.add_typer(workers.app, name="workers")
+app.add_typer(models.app, name="models")
+app.command()(serve.serve)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rbee_fabric.cli.app import (
+from rbee_fabric.cli.options import (
     BackendOpt,
     CtxSizeOpt,
     DeviceOpt,
@@ -21,9 +21,8 @@ from rbee_fabric.cli.app import (
     StartHiveOpt,
     TemperatureOpt,
     TopPOpt,
-    _run,
-    app,
 )
+from rbee_fabric.cli.run import run_flow
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -38,7 +37,6 @@ HELP = """commands:
 Ctrl+C stops an answer; at an empty prompt, press it twice to leave."""
 
 
-@app.command()
 def chat(
     model: ModelOpt,
     node: NodeOpt = "localhost",
@@ -84,7 +82,7 @@ def chat(
             reporter.close_bar()
             registry.close()
 
-    _run(main())
+    run_flow(main())
 
 
 def _prompt_session() -> PromptSession[str]:

@@ -1,0 +1,109 @@
+"""`rbee infer`: one generation on a node, streamed to stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from rbee_fabric.cli.options import (
+    BackendOpt,
+    CtxSizeOpt,
+    DeviceOpt,
+    G,
+    LoadTimeoutOpt,
+    ModelOpt,
+    NodeOpt,
+    SeedOpt,
+    StartHiveOpt,
+    TemperatureOpt,
+    TopPOpt,
+)
+from rbee_fabric.cli.run import run_flow
+
+
+def infer(
+    model: ModelOpt,
+    node: NodeOpt = "localhost",
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="prompt (read from stdin if omitted)")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="cap on generated tokens (default: a chat answer runs to the end of its turn; raw completion stops at 256)")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="system prompt (chat)")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="plain completion even if the model has a chat template")] = False,
+    chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format to render with (gemma, llama-3, chatml, ...)")] = None,
+    temperature: TemperatureOpt = 0.7,
+    top_p: TopPOpt = 0.95,
+    seed: SeedOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = 0,
+    timeout: LoadTimeoutOpt = 300.0,
+    queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = 600.0,
+    retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = 3,
+    ctx_size: CtxSizeOpt = 2048,
+    start_hive: StartHiveOpt = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object at the end")] = False,
+) -> None:
+    """Generate text with MODEL on NODE, streaming tokens to stdout."""
+    from rbee_fabric.cli.ui import TerminalReporter, err
+    from rbee_fabric.errors import UsageError
+    from rbee_fabric.keeper.infer import InferOptions
+    from rbee_fabric.keeper.infer import infer as run_infer
+    from rbee_fabric.keeper.session import node_transport, open_registry
+
+    if backend not in ("auto", "cpu", "cuda", "metal"):
+        from rbee_fabric.cli.ui import fail
+
+        fail(UsageError(f"invalid --backend {backend!r}", hint="use auto, cpu, cuda or metal"))
+    if prompt is None:
+        if sys.stdin.isatty():
+            from rbee_fabric.cli.ui import fail
+
+            fail(UsageError("no prompt given", hint='pass --prompt "..." or pipe it on stdin'))
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        from rbee_fabric.cli.ui import fail
+
+        fail(UsageError("the prompt is empty", hint='pass --prompt "..."'))
+    opts = InferOptions(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+        top_p=top_p, seed=seed, backend=backend, device=device, timeout=timeout,
+        retry=retry, n_ctx=ctx_size, start_hive=start_hive, queue_timeout=queue_timeout,
+        system=system, raw=raw, chat_format=chat_format,
+    )  # fmt: skip
+    if raw and chat_format:
+        from rbee_fabric.cli.ui import fail
+
+        fail(UsageError("--raw and --chat-format contradict each other", hint="choose one"))
+    reporter = TerminalReporter(quiet_tokens=as_json)
+
+    async def main() -> Any:
+        registry = open_registry()
+        try:
+            async with node_transport(node, G.inventory) as t:
+                return await run_infer(t, opts, reporter, registry)
+        finally:
+            reporter.close_bar()
+            registry.close()
+
+    summary = run_flow(main())
+    if as_json:
+        print(json.dumps({
+            "text": "".join(reporter.tokens), "tokens": summary.tokens,
+            "seconds": round(summary.seconds, 3),
+            "first_token_s": round(summary.first_token_s, 3),
+            "tokens_per_second": round(summary.tokens_per_second, 2),
+            "worker_id": summary.worker_id, "reused_worker": summary.reused,
+            "stop_reason": summary.stop_reason, "queued_s": round(summary.queued_s, 3),
+            "prompt_tokens": summary.prompt_tokens, "rendered_as": summary.rendered_as,
+        }))  # fmt: skip
+        return
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    err.print(
+        f"[dim]{summary.tokens} tokens in {summary.seconds:.2f} s "
+        f"({summary.tokens_per_second:.1f} tokens/s), first token after "
+        f"{summary.first_token_s:.2f} s, worker {summary.worker_id}"
+        f"{' (reused)' if summary.reused else ''}"
+        f"{f', {summary.queued_s:.2f} s in the queue' if summary.queued_s else ''}[/dim]"
+    )

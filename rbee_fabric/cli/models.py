@@ -1,0 +1,131 @@
+"""`rbee models ...`: the models in a node's catalog (list, pull, push, rm)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Annotated, Any
+
+import typer
+
+from rbee_fabric.cli.options import G, NodeOpt
+from rbee_fabric.cli.run import run_flow
+
+app = typer.Typer(help="Models in a node's catalog.", no_args_is_help=True)
+
+
+@app.command("list")
+def models_list(node: NodeOpt = "localhost", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the models in NODE's catalog."""
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport
+
+    async def main() -> Any:
+        async with node_transport(node, G.inventory) as t:
+            hive = await hivectl.connect_hive(t)
+            try:
+                return (await hive.models()).models
+            finally:
+                await hive.aclose()
+
+    models = run_flow(main())
+    if as_json:
+        print(json.dumps([m.model_dump() for m in models]))
+        return
+    if not models:
+        print("no models")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("id", "reference", "file", "size", "quant", "added"):
+        table.add_column(col)
+    from rbee_fabric.cli.ui import safe
+
+    for m in models:
+        table.add_row(safe(m.id), safe(m.reference), safe(m.path), f"{m.size_bytes / 2**20:.1f} MB",
+                      safe(m.quantization or "?"), safe(m.added_at))  # fmt: skip
+    Console().print(table)
+
+
+@app.command("pull")
+def models_pull(model: Annotated[str, typer.Argument(help="model reference")], node: NodeOpt = "localhost") -> None:
+    """Fetch MODEL into NODE's catalog, with a progress bar."""
+    from rbee_fabric.cli.ui import TerminalReporter, err
+    from rbee_fabric.errors import from_envelope
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport
+
+    reporter = TerminalReporter()
+
+    async def main() -> Any:
+        async with node_transport(node, G.inventory) as t:
+            hive = await hivectl.connect_hive(t)
+            try:
+                await hivectl.ensure_hive(t, hive, reporter)
+                started = await hive.ensure_model(model)
+                if started.model is not None:
+                    return started.model, False
+                assert started.download_id is not None
+                async with contextlib.aclosing(hive.download_progress(started.download_id)) as events:
+                    async for p in events:
+                        reporter.download(p)
+                        if p.stage == "failed" and p.error:
+                            raise from_envelope({"error": p.error.model_dump()})
+                        if p.stage == "done" and p.model:
+                            return p.model, True
+            finally:
+                reporter.close_bar()
+                await hive.aclose()
+        raise RuntimeError("download ended without a result")
+
+    info, fetched = run_flow(main())
+    verb = "fetched" if fetched else "already in the catalog:"
+    err.print(f"{verb} {info.reference} -> {info.id} ({info.size_bytes / 2**20:.1f} MB, {info.path})")
+
+
+@app.command("push")
+def models_push(
+    model: Annotated[str, typer.Argument(help="a local .gguf path, or a model in this machine's catalog")],
+    node: NodeOpt,
+) -> None:
+    """Copy a model this machine has to NODE over SFTP, verify it and register it."""
+    from rbee_fabric.cli.ui import TerminalReporter, err
+    from rbee_fabric.errors import UsageError
+    from rbee_fabric.keeper.push import push
+    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.ssh import SshTransport
+
+    reporter = TerminalReporter()
+
+    async def main() -> Any:
+        async with node_transport(node, G.inventory) as t:
+            if not isinstance(t, SshTransport):
+                raise UsageError(f"{node} is this machine: nothing to push", hint="use rbee models pull")
+            try:
+                return await push(t, model, reporter)
+            finally:
+                reporter.close_bar()
+
+    info = run_flow(main())
+    err.print(f"pushed and verified: {info.reference} -> {info.id} on {node}; use it with --model {info.reference}")
+
+
+@app.command("rm")
+def models_rm(model_id: Annotated[str, typer.Argument(help="model id (see `rbee models list`)")], node: NodeOpt = "localhost") -> None:
+    """Remove a model from NODE's catalog (and its file, if rbee downloaded it)."""
+    from rbee_fabric.cli.ui import err
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport
+
+    async def main() -> Any:
+        async with node_transport(node, G.inventory) as t:
+            hive = await hivectl.connect_hive(t)
+            try:
+                return await hive.delete_model(model_id)
+            finally:
+                await hive.aclose()
+
+    ack = run_flow(main())
+    err.print(ack.message or f"removed {model_id}")

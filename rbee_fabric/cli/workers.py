@@ -1,0 +1,142 @@
+"""`rbee workers ...`: the workers (loaded models) of the nodes."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from rbee_fabric.cli.options import G, NodeOpt
+from rbee_fabric.cli.run import run_flow
+
+app = typer.Typer(help="Workers (loaded models).", no_args_is_help=True)
+
+
+@app.command("list")
+def workers_list(
+    node: Annotated[str | None, typer.Option("--node", "-n")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List workers, as the nodes' hives report them (the registry is synced)."""
+    from rbee_fabric.errors import RbeeError
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport, open_registry
+
+    registry = open_registry()
+    nodes = [node] if node else sorted({r.node for r in registry.list()} | {"localhost"})
+
+    async def main() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for name in nodes:
+            async with node_transport(name, G.inventory) as t:
+                hive = await hivectl.connect_hive(t)
+                try:
+                    live = (await hive.workers()).workers
+                except RbeeError as exc:
+                    for r in registry.list(name):
+                        rows.append({"node": name, "id": r.id, "model": r.model_ref,
+                                     "state": f"unknown ({exc.code})", "url": r.url, "pid": r.pid})  # fmt: skip
+                    continue
+                finally:
+                    await hive.aclose()
+                registry.sync(name, {w.id for w in live})
+                for w in live:
+                    rows.append({"node": name, "id": w.id, "model": w.model_reference,
+                                 "state": w.state, "url": w.url, "pid": w.pid})  # fmt: skip
+        return rows
+
+    try:
+        rows = run_flow(main())
+    finally:
+        registry.close()
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        print("no workers")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("node", "id", "model", "state", "url", "pid"):
+        table.add_column(col)
+    from rbee_fabric.cli.ui import safe
+
+    for r in rows:
+        table.add_row(*(safe(r[c]) for c in ("node", "id", "model", "state", "url", "pid")))
+    Console().print(table)
+
+
+@app.command("health")
+def workers_health(node: NodeOpt) -> None:
+    """Probe every worker of NODE."""
+    from rbee_fabric.errors import RbeeError
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport
+
+    async def main() -> int:
+        bad = 0
+        async with node_transport(node, G.inventory) as t:
+            hive = await hivectl.connect_hive(t)
+            try:
+                workers = (await hive.workers()).workers
+            finally:
+                await hive.aclose()
+            for w in workers:
+                client = await hivectl.connect_worker(t, w.url)
+                started = time.monotonic()
+                try:
+                    r = await client.ready()
+                    ms = (time.monotonic() - started) * 1000
+                    print(f"{w.id}  {r.state:8}  {ms:.0f} ms  {w.model_reference}")
+                except RbeeError as exc:
+                    bad += 1
+                    print(f"{w.id}  UNHEALTHY  {exc}")
+                finally:
+                    await client.aclose()
+            if not workers:
+                print("no workers")
+        return bad
+
+    raise typer.Exit(1 if run_flow(main()) else 0)
+
+
+@app.command("shutdown")
+def workers_shutdown(
+    worker_id: Annotated[str, typer.Option("--id", help="worker id (see `rbee workers list`)")],
+    node: Annotated[str | None, typer.Option("--node", "-n")] = None,
+) -> None:
+    """Stop one worker."""
+    from rbee_fabric.cli.ui import err, fail
+    from rbee_fabric.errors import WorkerNotFound
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport, open_registry
+
+    registry = open_registry()
+    try:
+        rec = registry.get(worker_id)
+        target = node or (rec.node if rec else None)
+        if target is None:
+            fail(WorkerNotFound(
+                f"worker {worker_id!r} is not in the registry",
+                hint="name its node: rbee workers shutdown --id ID --node NODE",
+            ))  # fmt: skip
+
+        async def main() -> None:
+            async with node_transport(target, G.inventory) as t:
+                hive = await hivectl.connect_hive(t)
+                try:
+                    await hive.shutdown_worker(worker_id)
+                finally:
+                    await hive.aclose()
+
+        try:
+            run_flow(main())
+        finally:
+            registry.remove(worker_id)
+    finally:
+        registry.close()
+    err.print(f"worker {worker_id} on {target} stopped")
