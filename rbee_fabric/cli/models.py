@@ -113,8 +113,13 @@ def models_push(
 
 
 @app.command("rm")
-def models_rm(model_id: Annotated[str, typer.Argument(help="model id (see `rbee models list`)")], node: NodeOpt = "localhost") -> None:
+def models_rm(
+    model: Annotated[str, typer.Argument(help="model id, or reference as --model takes it (see `rbee models list`)")],
+    node: NodeOpt = "localhost",
+) -> None:
     """Remove a model from NODE's catalog (and its file, if rbee downloaded it)."""
+    from urllib.parse import quote
+
     from rbee_fabric.cli.ui import err
     from rbee_fabric.keeper import hivectl
     from rbee_fabric.keeper.session import node_transport
@@ -123,9 +128,9 @@ def models_rm(model_id: Annotated[str, typer.Argument(help="model id (see `rbee 
         async with node_transport(node, G.inventory) as t:
             hive = await hivectl.connect_hive(t)
             try:
-                return await hive.delete_model(model_id)
+                return await hive.delete_model(quote(model, safe=":/"))  # a reference may hold ? or #
             finally:
                 await hive.aclose()
 
     ack = run_flow(main())
-    err.print(ack.message or f"removed {model_id}")
+    err.print(ack.message or f"removed {model}")

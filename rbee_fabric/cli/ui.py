@@ -61,6 +61,7 @@ class TerminalReporter:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._kind: str | None = None
+        self._notes_shown = 0  # of the download's notes (each event carries them all)
         self.tokens: list[str] = []
 
     def _bar(self, kind: str, description: str, total: float | None) -> Progress:
@@ -93,10 +94,15 @@ class TerminalReporter:
 
     def download(self, p: DownloadProgress) -> None:
         name = safe(p.filename or "model")
+        if len(p.notes) > self._notes_shown:  # retries and their reasons, where a model comes from
+            self.close_bar()
+            for note in p.notes[self._notes_shown :]:
+                err.print(f"[yellow]{safe(note)}[/yellow]" if note.startswith("retry") else f"[dim]{safe(note)}[/dim]")
+            self._notes_shown = len(p.notes)
         if p.stage == "downloading":
             if p.resumed_from and self._kind != "download":
                 err.print(f"[dim]resuming {name} at {p.resumed_from / 2**20:.1f} MB[/dim]")
-            bar = self._bar("download", f"fetching {name}", p.bytes_total)
+            bar = self._bar("download", safe(p.label) if p.label else f"fetching {name}", p.bytes_total)
             assert self._task is not None
             bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
             return

@@ -24,7 +24,7 @@ def test_gemma_streams_real_text_and_the_second_call_reuses_the_worker(rbee_home
         assert first.returncode == 0, first.stderr
         words = re.findall(r"[A-Za-z]{2,}", first.stdout)
         assert len(words) >= 5, f"no real text: {first.stdout!r}"
-        assert "fetching gemma-3-270m-q4_k_m.gguf" in first.stderr  # assembled into the catalog once
+        assert "assembling gemma-3-270m-q4_k_m.gguf" in first.stderr  # joined into the catalog once
         assert "(reused)" not in first.stderr
         # The worker proved its engine (warm-up) before it said ready.
         [log] = list((rbee_home.data / "logs").glob("worker-*.log"))

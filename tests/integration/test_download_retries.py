@@ -91,3 +91,20 @@ def test_a_cut_download_announces_its_retry(rbee_home: RbeeHome, hub: Hub, tmp_p
     assert len(f.served) == 2
     [note] = events[-1]["notes"]
     assert note.startswith("retry 2/6 in 0.01 s: ")
+
+
+def test_models_pull_without_network_shows_the_retries_and_what_to_do(rbee_home: RbeeHome) -> None:
+    rbee_home.local_node()
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**FAST, "HF_ENDPOINT": dead}
+    try:
+        r = rbee_home.run("models", "pull", "hf:org/tiny-GGUF", env=env)
+    finally:
+        rbee_home.run("hive", "stop", "localhost", env=env)
+    assert r.returncode == 1, r.stderr
+    for i in range(2, 7):
+        assert f"retry {i}/6 in " in r.stderr
+    assert "DOWNLOAD_FAILED" in r.stderr and "tried 6 times" in r.stderr and dead in r.stderr
+    suggestion = r.stderr[r.stderr.index("Suggestion:"):]
+    assert "HF_ENDPOINT" in suggestion and "HF_HUB_OFFLINE=1" in suggestion and "rbee models push" in suggestion
+    assert r.stdout == ""

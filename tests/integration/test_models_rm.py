@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,24 @@ def test_rm_of_an_unknown_model_lists_what_the_catalog_holds(hive: Hive, tiny_mo
     assert model["id"] in err["details"]["hint"] and f"file:{tiny_model}" in err["details"]["hint"]
     r = rm(hive, model["id"])
     assert r.status_code == 200 and catalog(hive) == []
+
+
+def test_rbee_models_rm_takes_a_reference(rbee_home: RbeeHome, hub: Hub, tiny_model: Path) -> None:
+    rbee_home.local_node()
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        for ref in ("hf:org/tiny-GGUF:Q4_K_M", "hf:org/tiny-GGUF:Q8_0"):
+            assert rbee_home.run("models", "pull", ref, env=env).returncode == 0
+        r = rbee_home.run("models", "rm", "hf:org/tiny-GGUF", env=env)
+        assert r.returncode == 2, r.stderr
+        assert "INVALID_REQUEST" in r.stderr and "matches 2 models" in r.stderr and "Suggestion:" in r.stderr
+        r = rbee_home.run("models", "rm", "llama9-70b", env=env)
+        assert r.returncode == 1 and "MODEL_NOT_FOUND" in r.stderr
+        assert "Suggestion: the catalog holds: tiny-gguf-q4-k-m-" in r.stderr
+        r = rbee_home.run("models", "rm", "--node", "localhost", "hf:org/tiny-GGUF:Q8_0", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "removed hf:org/tiny-GGUF:Q8_0" in r.stderr
+        listed = json.loads(rbee_home.run("models", "list", "--json", env=env).stdout)
+        assert [m["reference"] for m in listed] == ["hf:org/tiny-GGUF:Q4_K_M"]
+    finally:
+        rbee_home.run("hive", "stop", "localhost", env=env)
