@@ -174,6 +174,15 @@ class WorkerInfo(Message):
     queued: int = 0
     # True only in the answer to the spawn request that started this worker.
     spawned: bool = False
+    # Filled in by the hive's worker list (`rbee workers list`, as `ollama ps` shows):
+    # memory_mb: resident memory of the worker process (RSS, measured; on a GPU the
+    # weights in VRAM are not in it); memory_estimate_mb: what the hive reserved for
+    # it (model file x 1.2 + KV cache of n_ctx); unload_at: when the hive stops it
+    # (seconds since the epoch) if it stays idle, after idle_timeout_s of idleness.
+    memory_mb: int | None = None
+    memory_estimate_mb: int | None = None
+    idle_timeout_s: float | None = None
+    unload_at: float | None = None
 
 
 class WorkerList(Message):

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from rbee_fabric import __version__, sse
 from rbee_fabric.catalog import Catalog
 from rbee_fabric.errors import ModelNotFound, UsageError, WorkerNotFound
-from rbee_fabric.hive import vocab
+from rbee_fabric.hive import vocab, workerview
 from rbee_fabric.hive.provision import Provisioner
 from rbee_fabric.hive.safemode import SafeModeStore
 from rbee_fabric.hive.scheduler import Scheduler
@@ -190,11 +190,13 @@ def create_app(settings: HiveSettings) -> FastAPI:
 
     @app.get("/v1/workers", response_model=WorkerList)
     async def workers() -> WorkerList:
-        return WorkerList(workers=hive().supervisor.list())
+        """Every worker, made current: state, idle time, queue, memory, unload time."""
+        h = hive()
+        return WorkerList(workers=await _current(h, h.supervisor.list()))
 
     @app.get("/v1/workers/{worker_id}", response_model=WorkerInfo)
     async def worker(worker_id: str) -> WorkerInfo:
-        return hive().supervisor.get(worker_id)
+        return hive().supervisor.get(worker_id)  # polled while loading: the record as it is
 
     @app.post("/v1/workers/{worker_id}/shutdown", response_model=Ack)
     async def shutdown_worker(worker_id: str) -> Ack:
@@ -213,6 +215,11 @@ def _model(h: Hive, model_id: str) -> ModelInfo:
             hint="provision it first (POST /v1/models/download)",
         )
     return model
+
+
+async def _current(h: Hive, infos: list[WorkerInfo]) -> list[WorkerInfo]:
+    reserved = {w.id: h.scheduler.reserved_mb(w.id) for w in infos}
+    return await workerview.current(infos, h.scheduler.client, h.settings.idle_timeout_s, reserved)
 
 
 def _one_model(h: Hive, name: str) -> ModelInfo:

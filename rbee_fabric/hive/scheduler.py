@@ -118,6 +118,11 @@ class Scheduler:
                     return await self._spawn(model, config, need, max_queue, req.safe_mode)
             return self._send(best)
 
+    def reserved_mb(self, worker_id: str) -> int | None:
+        """The memory the fit check reserved for a worker this hive started (None: unknown)."""
+        routed = self._routed.get(worker_id)
+        return routed.need_mb if routed is not None else None
+
     def _live(self, config: Config) -> list[WorkerInfo]:
         out = []
         for w in self.supervisor.workers.values():
