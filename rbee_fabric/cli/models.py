@@ -81,7 +81,7 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
         raise RuntimeError("download ended without a result")
 
     info, fetched = run_flow(main())
-    verb = "fetched" if fetched else "already in the catalog:"
+    verb = "added" if fetched else "already in the catalog:"
     err.print(f"{verb} {info.reference} -> {info.id} ({info.size_bytes / 2**20:.1f} MB, {info.path})")
 
 

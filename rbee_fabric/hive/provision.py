@@ -216,8 +216,7 @@ class Provisioner:
         target = target_dir / pkg.MODEL_NAME
         part = target.with_name(target.name + PART_SUFFIX)
         part.unlink(missing_ok=True)
-        await job.note(f"using the installed demo model (package {dist}): joining its "
-                       f"{len(chunks)} parts, no download")  # fmt: skip
+        await job.note(f"using the installed demo model ({dist}), no download")
         await job.update(stage="downloading", filename=pkg.MODEL_NAME, bytes_total=total,
                          label=f"assembling {pkg.MODEL_NAME}")  # fmt: skip
         started = time.monotonic()

