@@ -219,7 +219,7 @@ def _model(h: Hive, model_id: str) -> ModelInfo:
 
 async def _current(h: Hive, infos: list[WorkerInfo]) -> list[WorkerInfo]:
     reserved = {w.id: h.scheduler.reserved_mb(w.id) for w in infos}
-    return await workerview.current(infos, h.scheduler.client, h.settings.idle_timeout_s, reserved)
+    return await workerview.current(infos, h.settings.api_key, h.settings.idle_timeout_s, reserved)
 
 
 def _one_model(h: Hive, name: str) -> ModelInfo:

@@ -5,6 +5,7 @@ backend and device, context, queue, idle time and when the worker will be
 unloaded. The supervisor's record holds what the idle reaper last probed (up
 to five seconds old); this view asks each ready worker again, measures its
 resident memory, and works out its unload time from the hive's idle timeout.
+The key goes only to a listener that proves it holds it, as the reaper's does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import httpx
 import psutil
 
+from rbee_fabric import proof
 from rbee_fabric.schemas import WorkerInfo
 
 PROBE_TIMEOUT_S = 2.0
@@ -22,30 +24,40 @@ PROBE_TIMEOUT_S = 2.0
 
 async def current(
     workers: list[WorkerInfo],
-    client: httpx.AsyncClient,
+    api_key: str,
     idle_timeout_s: float,
     reserved_mb: dict[str, int | None],
 ) -> list[WorkerInfo]:
     """Each worker with fresh state, idle time, queue, memory and unload time."""
-    return list(
-        await asyncio.gather(*(_one(w, client, idle_timeout_s, reserved_mb.get(w.id)) for w in workers))
-    )
+    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:  # no key by default
+        return list(
+            await asyncio.gather(
+                *(_one(w, client, api_key, idle_timeout_s, reserved_mb.get(w.id)) for w in workers)
+            )
+        )
 
 
 async def _one(
-    w: WorkerInfo, client: httpx.AsyncClient, idle_timeout_s: float, reserved: int | None
+    w: WorkerInfo, client: httpx.AsyncClient, api_key: str, idle_timeout_s: float, reserved: int | None
 ) -> WorkerInfo:
     update: dict[str, object] = {"idle_timeout_s": idle_timeout_s, "memory_estimate_mb": reserved}
     if w.state in ("idle", "busy"):
         try:
-            r = await client.get(f"{w.url}/v1/ready", timeout=PROBE_TIMEOUT_S)
+            # The key goes only to a listener that proves it holds it (as the reaper does):
+            # after a worker dies, another program may hold its port.
+            nonce = proof.new_nonce()
+            health = (await client.get(f"{w.url}/v1/health", params={"nonce": nonce})).json()
+            given = health.get("proof")
+            if not proof.check(api_key, nonce, given if isinstance(given, str) else None):
+                raise ValueError("not our worker on that port")
+            r = await client.get(f"{w.url}/v1/ready", headers={"Authorization": f"Bearer {api_key}"})
             ready = r.json()
             update.update(
                 state=ready.get("state", w.state),
                 idle_seconds=ready.get("idle_seconds"),
                 queued=int(ready.get("queued", 0)),
             )
-        except (httpx.HTTPError, ValueError, TypeError):
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError):
             pass  # keep what the reaper saw last
     state, idle = update.get("state", w.state), update.get("idle_seconds", w.idle_seconds)
     if state == "idle" and isinstance(idle, int | float):
