@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-from rbee_fabric.cli.workers import short_model, workers_table
+from rbee_fabric.cli.workertable import short_model, workers_table
 
 
 def render(rows: list[dict], width: int) -> list[str]:
