@@ -95,13 +95,12 @@ def models_push(
     from rbee_fabric.errors import UsageError
     from rbee_fabric.keeper.push import push
     from rbee_fabric.keeper.session import node_transport
-    from rbee_fabric.keeper.ssh import SshTransport
 
     reporter = TerminalReporter()
 
     async def main() -> Any:
         async with node_transport(node, G.inventory) as t:
-            if not isinstance(t, SshTransport):
+            if t.node.local:
                 raise UsageError(f"{node} is this machine: nothing to push", hint="use rbee models pull")
             try:
                 return await push(t, model, reporter)

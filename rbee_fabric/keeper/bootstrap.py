@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from rbee_fabric import __version__, paths
 from rbee_fabric.errors import NotInstalled, RbeeError, RemoteCommandFailed, UsageError
 from rbee_fabric.keeper import hivectl
-from rbee_fabric.keeper.ssh import SshTransport
+from rbee_fabric.keeper.transport import Transport
 
 MIN_PYTHON = (3, 11)
 
@@ -128,7 +128,7 @@ class InstallReport:
     message: str
 
 
-async def installed_version(t: SshTransport) -> str | None:
+async def installed_version(t: Transport) -> str | None:
     try:
         python = await t.python()
     except NotInstalled:
@@ -137,7 +137,7 @@ async def installed_version(t: SshTransport) -> str | None:
     return r.stdout.strip() if r.exit_status == 0 else None
 
 
-async def check_python(t: SshTransport) -> PythonFacts:
+async def check_python(t: Transport) -> PythonFacts:
     n = t.node
     r = await t.run([n.python, "-c", PROBE], check=False)
     if r.exit_status != 0:
@@ -163,7 +163,7 @@ async def check_python(t: SshTransport) -> PythonFacts:
 
 
 async def install(
-    t: SshTransport, notes: Progress, *, upgrade: bool = False, force: bool = False
+    t: Transport, notes: Progress, *, upgrade: bool = False, force: bool = False
 ) -> InstallReport:
     """Install (or upgrade) rbee-fabric on a node; idempotent unless force."""
     started = time.monotonic()
@@ -223,13 +223,13 @@ async def install(
                          f"installed rbee-fabric {__version__} on {n.name}")  # fmt: skip
 
 
-async def _ensure_key(t: SshTransport) -> None:
+async def _ensure_key(t: Transport) -> None:
     """The node's API key (0600), created if absent."""
     python = await t.python()
     await t.run([python, "-c", "from rbee_fabric.paths import ensure_api_key; ensure_api_key()"])
 
 
-async def _upload(t: SshTransport, house: Path, remote_dir: str, notes: Progress) -> None:
+async def _upload(t: Transport, house: Path, remote_dir: str, notes: Progress) -> None:
     """Copy the wheels the node does not have yet (same name and size are skipped)."""
     r = await t.run(["ls", "-l", remote_dir], check=False)
     have = parse_ls_sizes(r.stdout)
@@ -244,7 +244,7 @@ async def _upload(t: SshTransport, house: Path, remote_dir: str, notes: Progress
         def report(done: int, _total: int, base: int = base) -> None:
             notes.transfer("wheels", base + done, total)
 
-        await t.put(w, f"{remote_dir}/{w.name}", report)
+        await t.connector.put(w, f"{remote_dir}/{w.name}", report)
         sent += w.stat().st_size
 
 

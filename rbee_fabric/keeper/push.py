@@ -10,7 +10,7 @@ from rbee_fabric import modelref, paths
 from rbee_fabric.catalog import Catalog, sha256_file
 from rbee_fabric.errors import ModelNotFound
 from rbee_fabric.keeper import hivectl
-from rbee_fabric.keeper.ssh import SshTransport
+from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import ModelInfo, RegisterRequest
 
 
@@ -49,7 +49,7 @@ def local_model(model: str) -> tuple[str, Path]:
     )
 
 
-async def push(t: SshTransport, model: str, notes: Notes) -> ModelInfo:
+async def push(t: Transport, model: str, notes: Notes) -> ModelInfo:
     """Copy, verify (sha256 on both ends) and register the model on the node."""
     reference, path = local_model(model)
     notes.info(f"hashing {path.name}")
@@ -59,7 +59,7 @@ async def push(t: SshTransport, model: str, notes: Notes) -> ModelInfo:
     remote = f"{remote_dir}/{path.name}"
     part = remote + ".part"
     await t.run(["mkdir", "-p", remote_dir])
-    await t.put(path, part, lambda done, total: notes.transfer(path.name, done, total))
+    await t.connector.put(path, part, lambda done, total: notes.transfer(path.name, done, total))
     await t.run(["mv", "-f", part, remote])
     if reference.startswith("file:"):
         reference = f"file:{remote}"  # a pushed file is known by where it now lives

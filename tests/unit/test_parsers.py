@@ -2,7 +2,7 @@
 
 from rbee_fabric.keeper.bootstrap import parse_ls_sizes, parse_probe
 from rbee_fabric.keeper.preflight import parse_df, parse_node_probe, parse_shell_facts
-from rbee_fabric.keeper.ssh import parse_ps
+from rbee_fabric.keeper.transport.hive import parse_ps
 
 DF = """Filesystem     1024-blocks      Used Available Capacity Mounted on
 /dev/vda         263174212  23264356 226429868      10% /
