@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from rbee_fabric.keeper import hivectl, inventory
 from rbee_fabric.keeper.inventory import Node
 from rbee_fabric.keeper.transport import Connector, NodeHive, connector_for, hostkeys
 from tests.conftest import RbeeHome
-from tests.support.insshd import InSshd, closed_port
+from tests.support.insshd import InSshd, closed_port, fake_install
 from tests.support.procs import free_port
 
 
@@ -253,11 +252,7 @@ async def test_hive_lifecycle_over_ssh(
     """Start, find, check and stop a real hive on the "node" through the SSH connector."""
     server = await InSshd(tmp_path / "sshd").start()
     monkeypatch.setenv("RBEE_SSH_CONFIG", str(server.ssh_config(tmp_path / "ssh_config")))
-    install = tmp_path / "install"
-    (install / "venv" / "bin").mkdir(parents=True)
-    python = install / "venv" / "bin" / "python"
-    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')  # the node's "venv"
-    python.chmod(0o755)
+    fake_install(tmp_path / "install")  # the node's "venv"
     monkeypatch.setattr(hivectl, "BACKOFF_S", 0.01)
     t = NodeHive(connector_for(ssh_node(tmp_path, hive_port=free_port())))
     try:

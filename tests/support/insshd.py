@@ -129,3 +129,21 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def fake_install(install_dir: Path, home: Path | None = None) -> Path:
+    """Make install_dir look like `rbee nodes install` ran: venv/bin/python runs this
+    interpreter, and (given the node's home) the node has its API key."""
+    import secrets
+    import sys
+
+    if home is not None:
+        key = home / ".config" / "rbee" / "api_key"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(secrets.token_urlsafe(32))
+        key.chmod(0o600)
+    python = install_dir / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    return python
