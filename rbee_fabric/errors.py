@@ -28,6 +28,7 @@
     ├── LoadingTimeout             LOADING_TIMEOUT
     ├── RequestCanceled            REQUEST_CANCELED (499, exit 130)
     ├── NotInstalled               NOT_INSTALLED (rbee-fabric missing on a node)
+    ├── UnknownNode                UNKNOWN_NODE (not in the inventory nor the SSH config, exit 2)
     ├── SshError                   reaching a node over SSH
     │   ├── NodeUnreachable        NODE_UNREACHABLE (DNS, refused, timeout)
     │   ├── HostKeyUnknown         HOST_KEY_UNKNOWN (fingerprint + trust command)
@@ -271,6 +272,14 @@ class NodeUnreachable(SshError):
     code = "NODE_UNREACHABLE"
 
 
+class UnknownNode(RbeeError):
+    """A --node name that neither the inventory nor the SSH config knows, and no fallback resolves."""
+
+    code = "UNKNOWN_NODE"
+    http_status = 404
+    exit_code = EXIT_USAGE
+
+
 class HostKeyUnknown(SshError):
     code = "HOST_KEY_UNKNOWN"
 
@@ -329,6 +338,7 @@ _BY_CODE: dict[str, type[RbeeError]] = {
         LoadingTimeout,
         RequestCanceled,
         NodeUnreachable,
+        UnknownNode,
         HostKeyUnknown,
         HostKeyChanged,
         SshAuthFailed,

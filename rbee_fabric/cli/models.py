@@ -17,16 +17,11 @@ app = typer.Typer(help="Models in a node's catalog.", no_args_is_help=True)
 @app.command("list")
 def models_list(node: NodeOpt = "localhost", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the models in NODE's catalog."""
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
-            try:
-                return (await hive.models()).models
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory) as (_, hive):
+            return (await hive.models()).models
 
     models = run_flow(main())
     if as_json:
@@ -54,16 +49,13 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
     """Fetch MODEL into NODE's catalog, with a progress bar."""
     from rbee_fabric.cli.ui import TerminalReporter, err
     from rbee_fabric.errors import from_envelope
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     reporter = TerminalReporter()
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
+        async with node_hive(node, G.inventory, reporter) as (_, hive):
             try:
-                await hivectl.ensure_hive(t, hive, reporter)
                 started = await hive.ensure_model(model)
                 if started.model is not None:
                     return started.model, False
@@ -77,7 +69,6 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
                             return p.model, True
             finally:
                 reporter.close_bar()
-                await hive.aclose()
         raise RuntimeError("download ended without a result")
 
     info, fetched = run_flow(main())
@@ -95,13 +86,12 @@ def models_push(
     from rbee_fabric.errors import UsageError
     from rbee_fabric.keeper.push import push
     from rbee_fabric.keeper.session import node_transport
-    from rbee_fabric.keeper.ssh import SshTransport
 
     reporter = TerminalReporter()
 
     async def main() -> Any:
         async with node_transport(node, G.inventory) as t:
-            if not isinstance(t, SshTransport):
+            if t.node.local:
                 raise UsageError(f"{node} is this machine: nothing to push", hint="use rbee models pull")
             try:
                 return await push(t, model, reporter)
@@ -121,16 +111,11 @@ def models_rm(
     from urllib.parse import quote
 
     from rbee_fabric.cli.ui import err
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
-            try:
-                return await hive.delete_model(quote(model, safe=":/"))  # a reference may hold ? or #
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory) as (_, hive):
+            return await hive.delete_model(quote(model, safe=":/"))  # a reference may hold ? or #
 
     ack = run_flow(main())
     err.print(ack.message or f"removed {model}")

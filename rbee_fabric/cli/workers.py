@@ -26,8 +26,7 @@ def workers_list(
     it if it stays idle. --json gives every field.
     """
     from rbee_fabric.errors import RbeeError
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport, open_registry
+    from rbee_fabric.keeper.session import node_hive, open_registry
 
     registry = open_registry()
     nodes = [node] if node else sorted({r.node for r in registry.list()} | {"localhost"})
@@ -35,8 +34,7 @@ def workers_list(
     async def main() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for name in nodes:
-            async with node_transport(name, G.inventory) as t:
-                hive = await hivectl.connect_hive(t)
+            async with node_hive(name, G.inventory) as (_, hive):
                 try:
                     live = (await hive.workers()).workers
                 except RbeeError as exc:
@@ -44,8 +42,6 @@ def workers_list(
                         rows.append({"node": name, "id": r.id, "model": r.model_ref,
                                      "state": f"unknown ({exc.code})", "url": r.url, "pid": r.pid})  # fmt: skip
                     continue
-                finally:
-                    await hive.aclose()
                 registry.sync(name, {w.id for w in live})
                 for w in live:
                     rows.append({"node": name, "model": w.model_reference,
@@ -75,16 +71,12 @@ def workers_health(node: NodeOpt) -> None:
     """Probe every worker of NODE."""
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> int:
         bad = 0
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
-            try:
-                workers = (await hive.workers()).workers
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory) as (t, hive):
+            workers = (await hive.workers()).workers
             for w in workers:
                 client = await hivectl.connect_worker(t, w.url)
                 started = time.monotonic()
@@ -112,8 +104,7 @@ def workers_shutdown(
     """Stop one worker."""
     from rbee_fabric.cli.ui import err, fail
     from rbee_fabric.errors import WorkerNotFound
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport, open_registry
+    from rbee_fabric.keeper.session import node_hive, open_registry
 
     registry = open_registry()
     try:
@@ -126,12 +117,8 @@ def workers_shutdown(
             ))  # fmt: skip
 
         async def main() -> None:
-            async with node_transport(target, G.inventory) as t:
-                hive = await hivectl.connect_hive(t)
-                try:
-                    await hive.shutdown_worker(worker_id)
-                finally:
-                    await hive.aclose()
+            async with node_hive(target, G.inventory) as (_, hive):
+                await hive.shutdown_worker(worker_id)
 
         try:
             run_flow(main())

@@ -1,7 +1,7 @@
 """Remote facts are a command plus a pure parser: the parsers, from captured output."""
 
 from rbee_fabric.keeper.bootstrap import parse_ls_sizes, parse_probe
-from rbee_fabric.keeper.ssh import parse_ps
+from rbee_fabric.keeper.transport.hive import parse_ps
 
 PS = """  812 /home/rbeelab1/.local/share/rbee/venv/bin/python -m rbee_fabric.hive --host 127.0.0.1 --port 9201
   901 /usr/bin/vim notes.txt

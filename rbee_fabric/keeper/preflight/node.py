@@ -24,7 +24,6 @@ from rbee_fabric.keeper.preflight.adapter import NodeAccess
 from rbee_fabric.keeper.preflight.report import NodeReport
 from rbee_fabric.keeper.transport import Transport
 
-CONNECT_TIMEOUT_S = 15.0
 DEFAULT_CTX = 2048
 
 
@@ -72,7 +71,7 @@ async def check_node(access: NodeAccess, r: NodeReport, model: str | None) -> No
 async def _connect(access: NodeAccess) -> RbeeError | None:
     """Connect as ssh would (SSH config: aliases, ProxyJump); the error, if any."""
     try:
-        await access.connector.run(["true"], check=False, timeout=CONNECT_TIMEOUT_S)
+        await access.connector.connect()
     except (HostKeyUnknown, HostKeyChanged, SshAuthFailed, NodeUnreachable) as exc:
         return exc
     return None
