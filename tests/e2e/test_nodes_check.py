@@ -184,6 +184,7 @@ def test_a_node_without_sftp_fails_with_the_fix(lab_home: RbeeHome) -> None:
     try:
         code, nodes = check(lab_home, "labnode8", "labnode3")
         table = lab_home.run("nodes", "check", "labnode8")
+        install = lab_home.run("nodes", "install", "labnode8")  # the copy fails: same reason, same fix
     finally:
         lab_mod.stop_sshd(n8.name)
         lab_mod.start_sshd(n8)
@@ -195,3 +196,5 @@ def test_a_node_without_sftp_fails_with_the_fix(lab_home: RbeeHome) -> None:
     assert nodes["labnode8"]["python"]["status"] == "pass"  # the other checks still ran
     assert nodes["labnode3"]["sftp"]["status"] == "pass"
     assert table.returncode == 1 and "labnode8: 2 problem(s)" in table.stdout  # sftp, not installed
+    assert install.returncode == 1 and "SFTP" in install.stderr and "Subsystem sftp" in install.stderr
+    assert "disk space" not in install.stderr, install.stderr
