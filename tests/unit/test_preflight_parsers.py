@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from rbee_fabric.hive.safemode import make_build_key
 from rbee_fabric.keeper.preflight.parsers import (
     parse_cpu,
@@ -118,3 +121,23 @@ def test_probe_that_did_not_answer_says_why() -> None:
     assert parse_probe_output(ok("[1, 2]\n")).error is not None
     model_error = parse_probe_output(ok('{"model": {"error": "not a GGUF file"}}'))
     assert model_error.model is not None and model_error.model.error == "not a GGUF file"
+
+
+SCALAR = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+JSON = SCALAR | st.lists(SCALAR, max_size=3) | st.lists(st.lists(SCALAR, max_size=3), max_size=2)
+KEYS = st.sampled_from(["ports", "rbee", "llama", "safe_mode", "model", "alias", "libs", "found", "init",
+                        "size", "kv", "error", "hive_free", "worker_free", "version"])  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(KEYS, JSON | st.dictionaries(KEYS, JSON, max_size=4), max_size=6))
+def test_probe_output_of_any_shape_never_raises(raw: dict[str, object]) -> None:
+    facts = parse_probe_output(ok(json.dumps(raw)))
+    assert facts.installed is None or isinstance(facts.installed, str)
+
+
+@settings(deadline=None)
+@given(st.text(max_size=300))
+def test_text_parsers_never_raise(text: str) -> None:
+    for parse in (parse_disk, parse_ram, parse_gpus, parse_uname, parse_cpu, parse_python, parse_probe_output):
+        parse(ok(text))

@@ -119,6 +119,13 @@ def parse_probe_output(r: RemoteResult) -> ProbeFacts:
     if not isinstance(raw, dict):
         why = (r.stderr.strip().splitlines() or [f"exit status {r.exit_status}, no output"])[-1]
         return ProbeFacts(error=why[:200])
+    try:
+        return _probe_facts(raw)
+    except (TypeError, ValueError, KeyError) as exc:  # not what probe.py prints
+        return ProbeFacts(error=f"unexpected probe output ({type(exc).__name__}: {exc})"[:200])
+
+
+def _probe_facts(raw: dict[str, Any]) -> ProbeFacts:
     ports = _dict(raw.get("ports"))
     rbee = _dict(raw.get("rbee"))
     installed = parse_version(rbee.get("init")) if rbee.get("found") else None
