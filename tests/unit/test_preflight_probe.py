@@ -37,9 +37,10 @@ def fake_node_packages(root: Path) -> Path:
     (lib / "libggml-cuda.so").write_bytes(b"x" * 300)
     (lib / "libllama.so").write_bytes(b"y" * 20)
     (lib / "libllama.so.0").symlink_to("libllama.so")
-    dist = root / "llama_cpp_python-0.3.99.dist-info"
+    # Its own metadata (first on sys.path, so the keeper's own llama-cpp-python is not read).
+    dist = root / "llama_cpp_python-0.0.7.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: 0.3.99\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: 0.0.7\n")
     return root
 
 
@@ -59,7 +60,7 @@ def test_probe_reads_the_install_without_importing_it(tmp_path: Path, tiny_model
     site = fake_node_packages(tmp_path / "site")
     data = tmp_path / "data"
     data.mkdir()
-    key = make_build_key("0.3.99", "cuda", [("libggml-cuda.so", 300), ("libllama.so", 20)])
+    key = make_build_key("0.0.7", "cuda", [("libggml-cuda.so", 300), ("libllama.so", 20)])
     record = {"signal": "SIGSEGV", "reason": "crashed", "model": "tiny", "recorded_at": 0}
     (data / "safe_mode.json").write_text(json.dumps({"version": 1, "builds": {key: record}}))
     request = facts.ProbeRequest("127.0.0.1", 1, (1, 1), str(data), str(tiny_model), 512, "no_such_demo_model")

@@ -1,8 +1,9 @@
 """The one place preflight meets the transports.
 
-`open_node` gives the node's Connector (what every fact runs through) and
-its NodeHive (what hivectl's health and key checks take). Nothing else in
-preflight knows which transport reaches a node, or that SSH exists.
+`open_node` gives the node's Connector (what the facts run through) and its
+NodeHive (what hivectl's health and key checks take). Nothing else in
+preflight knows which connector reaches a node. A node whose sshd has no
+SFTP subsystem gets the connector's own clear error from `put`/`get`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 from rbee_fabric.errors import NotInstalled
 from rbee_fabric.keeper.inventory import Node
-from rbee_fabric.keeper.transport import Connector, Transport, for_node
+from rbee_fabric.keeper.transport import Transport, for_node
+from rbee_fabric.keeper.transport.base import Connector
 
 
 @dataclass
@@ -34,11 +36,11 @@ class NodeAccess:
             return None
 
     async def close(self) -> None:
-        await self.transport.close()
+        await self.connector.close()
 
 
 def open_node(node: Node) -> NodeAccess:
-    """The node's connector and hive (nothing is opened yet)."""
+    """The one adapter from today's transports to what preflight needs."""
     t = for_node(node)
     return NodeAccess(node, t.connector, t)
 

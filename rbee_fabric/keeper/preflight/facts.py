@@ -113,7 +113,7 @@ async def copy_file(c: Connector) -> RbeeError | None:
     None when it worked, else the error the copy raised (the verdict explains it).
     """
     token = secrets.token_hex(8)
-    remote = await c.expand(f"~/.rbee-check-{token}")
+    remote = await c.expand(f"~/.rbee-check-{token}")  # the home on every connector
     with tempfile.TemporaryDirectory(prefix="rbee-check-") as tmp:
         local = Path(tmp) / "probe.txt"
         local.write_text(token)
