@@ -23,7 +23,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from rbee_fabric import __version__, paths
-from rbee_fabric.errors import NotInstalled, RbeeError, RemoteCommandFailed, UsageError
+from rbee_fabric.errors import InstallFailed, NotInstalled, RemoteCommandFailed, UsageError
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.ssh import SshTransport
 
@@ -111,7 +111,7 @@ def wheelhouse(full: bool, notes: Progress, rebuild: bool = False) -> Path:
         cmd.insert(4, "--no-deps")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RbeeError(
+        raise InstallFailed(
             f"collecting wheels failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}",
             hint="the keeper needs pip and its package index (or cache) to build the wheelhouse",
         )
