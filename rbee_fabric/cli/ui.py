@@ -34,7 +34,9 @@ from rbee_fabric.errors import (
 if TYPE_CHECKING:
     from rbee_fabric.schemas import DownloadProgress, LoadingProgress
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+# In a terminal, long lines break between words; piped, each stays one line for grep.
+err.soft_wrap = not err.is_terminal
 
 # C0 controls but tab and newline, DEL and the C1 controls (ESC, CSI, OSC...):
 # text from daemons, logs and models never drives the user's terminal.
@@ -83,7 +85,8 @@ class TerminalReporter:
 
     def attempt(self, n: int, total: int, address: str, error: str) -> None:
         self.close_bar()
-        err.print(f"[yellow]attempt {n}/{total}[/yellow] {safe(address)}: {safe(error)}")
+        where = "" if address in error else f" {safe(address)}:"  # the error may name it already
+        err.print(f"[yellow]attempt {n}/{total}[/yellow]{where} {safe(error)}")
 
     def download(self, p: DownloadProgress) -> None:
         name = safe(p.filename or "model")
@@ -99,6 +102,9 @@ class TerminalReporter:
             assert self._task is not None
             bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
             return
+        if self._kind == "download" and self._progress is not None and p.stage in ("verifying", "done"):
+            assert self._task is not None  # every byte is there: the bar ends full
+            self._progress.update(self._task, completed=self._progress.tasks[0].total)
         self.close_bar()
         if p.stage == "verifying":
             err.print(f"[dim]verifying {name} (sha256)[/dim]")

@@ -87,7 +87,7 @@ def _unknown(records: list[Any], node: str, exc: Exception) -> list[dict[str, An
 
 
 @app.command("health")
-def workers_health(node: NodeOpt) -> None:
+def workers_health(node: NodeOpt = "localhost") -> None:
     """Probe every worker of NODE."""
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.keeper import hivectl

@@ -122,14 +122,15 @@ def not_running(
     """The plain answer when nothing listens on the hive's port (connection refused)."""
     name = t.node.name
     tried = f" after {attempts} attempts" if attempts > 1 else ""
-    how = f"rbee hive start {name}"
     if not started_by_infer:
-        how += " (or leave out --no-start-hive)"
+        hint = f"start it: rbee hive start {name}, or run without --no-start-hive"
     elif not t.can_start_hive:
-        how += " on that machine"
+        hint = f"start it on that machine: rbee hive start {name}"
+    else:
+        hint = f"start it: rbee hive start {name} (rbee infer starts it on its own)"
     return HiveNotRunning(
         f"rbee-hive is not running on {name}: nothing listens at {address}{tried}",
-        hint=f"start it: {how}; rbee infer starts it on its own",
+        hint=hint,
         details={"address": address, "node": name, "attempts": attempts},
     )
 

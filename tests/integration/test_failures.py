@@ -92,7 +92,7 @@ def test_1_hive_unreachable_three_attempts_then_hive_not_running(local: RbeeHome
         assert f"attempt {n}/3" in r.stderr
     # A refused connection is not a timeout: it says plainly that the hive is not running.
     assert f"HIVE_NOT_RUNNING: rbee-hive is not running on localhost: nothing listens at http://127.0.0.1:{local.hive_port} after 3 attempts" in r.stderr  # type: ignore[attr-defined]
-    assert "Suggestion: start it: rbee hive start localhost (or leave out --no-start-hive)" in r.stderr
+    assert "Suggestion: start it: rbee hive start localhost, or run without --no-start-hive" in r.stderr
     assert time.monotonic() - t0 >= 0.6  # 200 ms + 400 ms of backoff
     assert registry_ids(local) == []
 
