@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 from urllib.parse import urlsplit
 
+import rbee_fabric.keeper.preflight.facts as facts
+import rbee_fabric.keeper.preflight.verdicts as verdicts
 from rbee_fabric import modelref
 from rbee_fabric.errors import (
     ForeignListener,
@@ -19,7 +21,6 @@ from rbee_fabric.errors import (
 )
 from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.client import Unreachable
-from rbee_fabric.keeper.preflight import facts, verdicts
 from rbee_fabric.keeper.preflight.adapter import NodeAccess
 from rbee_fabric.keeper.preflight.report import NodeReport
 from rbee_fabric.keeper.transport import Transport
