@@ -1,35 +1,43 @@
-"""The error tree every program raises and the CLI prints.
+"""The error tree every program raises and the CLI prints: one closed tree.
 
     RbeeError                      code, message, hint, details, exit_code
-    ├── UsageError                 INVALID_REQUEST / bad CLI input (exit 2)
+    ├── UsageError                 INVALID_REQUEST (422; bad CLI input or request field, exit 2)
     ├── InventoryError             INVENTORY_INVALID (exit 2)
-    ├── ConnectionTimeout          CONNECTION_TIMEOUT
-    ├── VersionMismatch            VERSION_MISMATCH
+    ├── ConfigError                CONFIG_INVALID (a damaged local file, exit 2)
+    ├── RequestTooLarge            REQUEST_TOO_LARGE (413, exit 2)
+    ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx, exit 2)
+    ├── NoChatTemplate             NO_CHAT_TEMPLATE (400, exit 2)
+    ├── ConnectionTimeout          CONNECTION_TIMEOUT (a daemon did not answer in time)
+    │   └── HiveNotRunning         HIVE_NOT_RUNNING (nothing listens on the hive's port)
+    ├── VersionMismatch            VERSION_MISMATCH (409)
     ├── ModelNotFound              MODEL_NOT_FOUND (404)
     ├── DownloadFailed             DOWNLOAD_FAILED (502)
     ├── InsufficientRam            INSUFFICIENT_RAM (507)
     ├── VramExhausted              VRAM_EXHAUSTED (507)
     ├── InsufficientDisk           INSUFFICIENT_DISK (507)
+    ├── DiskError                  DISK_ERROR (507, a full or failing data disk)
     ├── BackendUnavailable         BACKEND_UNAVAILABLE (400)
     ├── InvalidApiKey              INVALID_API_KEY (401)
-    ├── ForeignListener            FOREIGN_LISTENER (a port held by another program or user)
-    ├── RequestTooLarge            REQUEST_TOO_LARGE (413)
-    ├── ConfigError                CONFIG_INVALID (a damaged local file, exit 2)
-    ├── DiskError                  DISK_ERROR (507, a full or failing data disk)
+    ├── ForeignListener            FOREIGN_LISTENER (502, a port held by another program or user)
     ├── AllSlotsBusy               ALL_SLOTS_BUSY (503)
     ├── QueueFull                  QUEUE_FULL (429, details.retry_after_s)
-    ├── ContextTooLong             CONTEXT_TOO_LONG (400, prompt_tokens, n_ctx)
     ├── QueueTimeout               QUEUE_TIMEOUT (504, waited past --queue-timeout)
-    ├── ConnectionLost             CONNECTION_LOST (stream broke, worker alive)
+    ├── ConnectionLost             CONNECTION_LOST (502, stream broke, worker alive)
     ├── NodesUnavailable           NODES_UNAVAILABLE (503, no node holding the model answers)
-    ├── WorkerCrashed              WORKER_CRASHED
-    ├── WorkerStartFailed          WORKER_START_FAILED
+    ├── WorkerCrashed              WORKER_CRASHED (502)
+    ├── WorkerStartFailed          WORKER_START_FAILED (502)
     ├── WorkerNotFound             WORKER_NOT_FOUND (404)
-    ├── LoadingTimeout             LOADING_TIMEOUT
+    ├── WorkerNotReady             WORKER_NOT_READY (503, still loading or stopping)
+    ├── GenerationFailed           GENERATION_FAILED (500, the engine failed mid-generation)
+    ├── LoadingTimeout             LOADING_TIMEOUT (504)
     ├── RequestCanceled            REQUEST_CANCELED (499, exit 130)
     ├── NotInstalled               NOT_INSTALLED (rbee-fabric missing on a node)
-    ├── UnknownNode                UNKNOWN_NODE (not in the inventory nor the SSH config, exit 2)
-    ├── SshError                   reaching a node over SSH
+    ├── UnknownNode                UNKNOWN_NODE (404, not in the inventory nor the SSH config, exit 2)
+    ├── InstallFailed              INSTALL_FAILED (building or installing the wheels failed)
+    ├── NotFound                   NOT_FOUND (404, no such path or job on the daemon)
+    ├── MethodNotAllowed           METHOD_NOT_ALLOWED (405)
+    ├── HttpError                  HTTP_ERROR (any other HTTP status of the framework)
+    ├── SshError                   SSH_ERROR (reaching a node over SSH)
     │   ├── NodeUnreachable        NODE_UNREACHABLE (DNS, refused, timeout)
     │   ├── HostKeyUnknown         HOST_KEY_UNKNOWN (fingerprint + trust command)
     │   ├── HostKeyChanged         HOST_KEY_CHANGED (loud)
@@ -37,9 +45,11 @@
     │   └── RemoteCommandFailed    REMOTE_COMMAND_FAILED (command, status, output)
     └── InternalError              INTERNAL_ERROR (500)
 
-HTTP servers turn an RbeeError into the envelope `{"error": {code, message,
-details}}`; clients rebuild the typed error from `code` alone
-(`from_envelope`), never from the message text.
+Every class is in the code table (`error_class`), has a default hint (the CLI's
+`Suggestion:` line) and an exit code: 2 for usage errors refused before
+anything runs, 130 for Ctrl+C, else 1. HTTP servers turn an RbeeError into the
+envelope `{"error": {code, message, details}}`; clients rebuild the typed
+error from `code` alone (`from_envelope`), never from the message text.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ class RbeeError(Exception):
     code: ClassVar[str] = "INTERNAL_ERROR"
     http_status: ClassVar[int] = 500
     exit_code: ClassVar[int] = EXIT_RUNTIME
-    default_hint: ClassVar[str | None] = None
+    default_hint: ClassVar[str] = "run again with --debug and report the traceback"
 
     def __init__(
         self,
@@ -69,7 +79,7 @@ class RbeeError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint if hint is not None else self.default_hint
+        self.hint = hint or self.default_hint
         self.details: dict[str, Any] = dict(details or {})
 
     def __str__(self) -> str:
@@ -83,26 +93,99 @@ class RbeeError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": details}}
 
 
+
 class UsageError(RbeeError):
     code = "INVALID_REQUEST"
     http_status = 422
     exit_code = EXIT_USAGE
+    default_hint = "see the command's --help for the accepted values"
 
 
 class InventoryError(RbeeError):
     code = "INVENTORY_INVALID"
     http_status = 400
     exit_code = EXIT_USAGE
+    default_hint = "fix the inventory file; `rbee nodes init` writes a commented example"
+
+
+class ConfigError(RbeeError):
+    code = "CONFIG_INVALID"
+    http_status = 500
+    exit_code = EXIT_USAGE
+    default_hint = "the message names the file: repair or remove it"
+
+
+class RequestTooLarge(RbeeError):
+    code = "REQUEST_TOO_LARGE"
+    http_status = 413
+    exit_code = EXIT_USAGE
+    default_hint = "send a smaller request (prompts and bodies are limited to a few MB)"
+
+
+class ContextTooLong(RbeeError):
+    code = "CONTEXT_TOO_LONG"
+    http_status = 400
+    exit_code = EXIT_USAGE
+    default_hint = "use a larger --ctx-size or a shorter prompt"
+
+
+class NoChatTemplate(RbeeError):
+    code = "NO_CHAT_TEMPLATE"
+    http_status = 400
+    exit_code = EXIT_USAGE
+    default_hint = "name a chat format with --chat-format, or use --raw"
+
 
 
 class ConnectionTimeout(RbeeError):
     code = "CONNECTION_TIMEOUT"
     http_status = 504
+    default_hint = "see whether the hive runs: rbee hive status NODE; its log: rbee hive logs NODE"
+
+
+class HiveNotRunning(ConnectionTimeout):
+    code = "HIVE_NOT_RUNNING"
+    http_status = 503
+    default_hint = "start it: rbee hive start NODE (rbee infer starts it on its own)"
 
 
 class VersionMismatch(RbeeError):
     code = "VERSION_MISMATCH"
     http_status = 409
+    default_hint = "install the keeper's version on the node: rbee nodes install NODE --upgrade"
+
+
+class InvalidApiKey(RbeeError):
+    code = "INVALID_API_KEY"
+    http_status = 401
+    default_hint = "the node's key is ~/.config/rbee/api_key there; restart its hive after a change"
+
+
+class ForeignListener(RbeeError):
+    # Checked before the API key is sent anywhere, so the key never reaches an
+    # impostor (another user's program on the port, a reused worker address).
+    code = "FOREIGN_LISTENER"
+    http_status = 502
+    default_hint = "stop the program on that port, or give the node another hive_port"
+
+
+class NotFound(RbeeError):
+    code = "NOT_FOUND"
+    http_status = 404
+    default_hint = "keeper and node may run different versions: rbee nodes check NODE"
+
+
+class MethodNotAllowed(RbeeError):
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
+    default_hint = "keeper and node may run different versions: rbee nodes check NODE"
+
+
+class HttpError(RbeeError):
+    code = "HTTP_ERROR"
+    http_status = 400
+    default_hint = "keeper and node may run different versions: rbee nodes check NODE"
+
 
 
 class ModelNotFound(RbeeError):
@@ -117,6 +200,7 @@ class ModelNotFound(RbeeError):
 class DownloadFailed(RbeeError):
     code = "DOWNLOAD_FAILED"
     http_status = 502
+    default_hint = "check the node's network and HF_ENDPOINT, or copy the model: rbee models push"
 
 
 class InsufficientRam(RbeeError):
@@ -137,49 +221,17 @@ class InsufficientDisk(RbeeError):
     default_hint = "free some space in the model directory or remove models with `rbee models rm`"
 
 
-class BackendUnavailable(RbeeError):
-    code = "BACKEND_UNAVAILABLE"
-    http_status = 400
-
-
-class InvalidApiKey(RbeeError):
-    code = "INVALID_API_KEY"
-    http_status = 401
-
-
-class ForeignListener(RbeeError):
-    """The port of a hive or worker is held by a program that cannot prove it has the key.
-
-    The keeper checks this before it sends the API key anywhere, so the key
-    never reaches an impostor (another user's program on the same port, a
-    stale worker address reused by someone else).
-    """
-
-    code = "FOREIGN_LISTENER"
-    http_status = 502
-
-
-class RequestTooLarge(RbeeError):
-    code = "REQUEST_TOO_LARGE"
-    http_status = 413
-    exit_code = EXIT_USAGE
-    default_hint = "send a smaller request (prompts and bodies are limited to a few MB)"
-
-
-class ConfigError(RbeeError):
-    """A local rbee file is damaged (for example an empty API key file)."""
-
-    code = "CONFIG_INVALID"
-    http_status = 500
-    exit_code = EXIT_USAGE
-
-
 class DiskError(RbeeError):
-    """The data directory's disk is full or failing (SQLite disk I/O error)."""
-
     code = "DISK_ERROR"
     http_status = 507
     default_hint = "free space on the disk of the rbee data directory, then retry"
+
+
+class BackendUnavailable(RbeeError):
+    code = "BACKEND_UNAVAILABLE"
+    http_status = 400
+    default_hint = "use --backend auto or cpu; rbee nodes check NODE lists the node's backends"
+
 
 
 class AllSlotsBusy(RbeeError):
@@ -189,47 +241,24 @@ class AllSlotsBusy(RbeeError):
 
 
 class QueueFull(RbeeError):
-    """The node's queue for this model is at its limit; retry after details.retry_after_s."""
-
     code = "QUEUE_FULL"
     http_status = 429
     default_hint = "wait and retry, or raise the node's queue limit (max_queue in the inventory)"
 
 
-class ContextTooLong(RbeeError):
-    """The prompt (details.prompt_tokens) cannot fit the context (details.n_ctx)."""
-
-    code = "CONTEXT_TOO_LONG"
-    http_status = 400
-    exit_code = EXIT_USAGE
-    default_hint = "use a larger --ctx-size or a shorter prompt"
-
-
 class QueueTimeout(RbeeError):
-    """The request waited in a worker's queue longer than the keeper's --queue-timeout."""
-
     code = "QUEUE_TIMEOUT"
     http_status = 504
     default_hint = "raise --queue-timeout, or allow more workers (max_replicas in the inventory)"
 
 
 class ConnectionLost(RbeeError):
-    """The stream broke but the worker is alive (SSH or network drop), not a crash."""
-
     code = "CONNECTION_LOST"
     http_status = 502
+    default_hint = "run the command again: the same worker is reused"
 
 
-class NoChatTemplate(RbeeError):
-    """A chat request the model cannot render: no template, no known format."""
-
-    code = "NO_CHAT_TEMPLATE"
-    http_status = 400
-    exit_code = EXIT_USAGE
-    default_hint = "name a chat format with --chat-format, or use --raw"
 class NodesUnavailable(RbeeError):
-    """No node that could serve the request answers (details.nodes: name -> reason)."""
-
     code = "NODES_UNAVAILABLE"
     http_status = 503
     default_hint = "check the nodes with `rbee nodes check`; the gateway retries them on its own"
@@ -238,38 +267,44 @@ class NodesUnavailable(RbeeError):
 class WorkerCrashed(RbeeError):
     code = "WORKER_CRASHED"
     http_status = 502
+    default_hint = "run the command again (a fresh worker starts); why it died: rbee hive logs NODE"
 
 
 class WorkerStartFailed(RbeeError):
     code = "WORKER_START_FAILED"
     http_status = 502
+    default_hint = "check the model file; the worker's log: rbee hive logs NODE"
 
 
 class WorkerNotFound(RbeeError):
     code = "WORKER_NOT_FOUND"
     http_status = 404
+    default_hint = "rbee workers list shows the workers of every node"
+
+
+class WorkerNotReady(RbeeError):
+    code = "WORKER_NOT_READY"
+    http_status = 503
+    default_hint = "the model is still loading; follow /v1/loading/progress"
+
+
+class GenerationFailed(RbeeError):
+    code = "GENERATION_FAILED"
+    http_status = 500
+    default_hint = "the worker's log has the cause (rbee hive logs NODE); try again or another model"
 
 
 class LoadingTimeout(RbeeError):
     code = "LOADING_TIMEOUT"
     http_status = 504
+    default_hint = "give big models more time: --timeout SECONDS"
 
 
 class RequestCanceled(RbeeError):
     code = "REQUEST_CANCELED"
     http_status = 499
     exit_code = EXIT_CANCELED
-
-
-class SshError(RbeeError):
-    """Base of the errors of reaching a node over SSH."""
-
-    code = "SSH_ERROR"
-    http_status = 502
-
-
-class NodeUnreachable(SshError):
-    code = "NODE_UNREACHABLE"
+    default_hint = "the generation was stopped on the worker; run the command again to retry"
 
 
 class UnknownNode(RbeeError):
@@ -278,28 +313,48 @@ class UnknownNode(RbeeError):
     code = "UNKNOWN_NODE"
     http_status = 404
     exit_code = EXIT_USAGE
-
-
-class HostKeyUnknown(SshError):
-    code = "HOST_KEY_UNKNOWN"
-
-
-class HostKeyChanged(SshError):
-    code = "HOST_KEY_CHANGED"
-
-
-class SshAuthFailed(SshError):
-    code = "SSH_AUTH_FAILED"
-
-
-class RemoteCommandFailed(SshError):
-    """A command on a node failed; keeps the command, exit status and output."""
-
-    code = "REMOTE_COMMAND_FAILED"
+    default_hint = "add the node to the inventory (`rbee nodes init` writes a starter one) or a Host entry to ~/.ssh/config"
 
 
 class NotInstalled(RbeeError):
     code = "NOT_INSTALLED"
+    default_hint = "install it on the node: rbee nodes install NODE"
+
+
+class InstallFailed(RbeeError):
+    code = "INSTALL_FAILED"
+    default_hint = "the keeper needs pip and its package index (or cache) to build the wheels"
+
+
+class SshError(RbeeError):
+    code = "SSH_ERROR"
+    http_status = 502
+    default_hint = "see what fails with: rbee nodes check NODE"
+
+
+class NodeUnreachable(SshError):
+    code = "NODE_UNREACHABLE"
+    default_hint = "is the node on and its sshd running? rbee nodes check NODE"
+
+
+class HostKeyUnknown(SshError):
+    code = "HOST_KEY_UNKNOWN"
+    default_hint = "check the key's fingerprint, then: rbee nodes trust NODE"
+
+
+class HostKeyChanged(SshError):
+    code = "HOST_KEY_CHANGED"
+    default_hint = "find out why the key changed; then ssh-keygen -R HOST and rbee nodes trust NODE"
+
+
+class SshAuthFailed(SshError):
+    code = "SSH_AUTH_FAILED"
+    default_hint = "set user in the inventory or ~/.ssh/config; add your key to authorized_keys"
+
+
+class RemoteCommandFailed(SshError):
+    code = "REMOTE_COMMAND_FAILED"
+    default_hint = "the output shows why; see the node with: rbee nodes check NODE"
 
 
 class InternalError(RbeeError):
@@ -307,68 +362,18 @@ class InternalError(RbeeError):
     http_status = 500
 
 
-_BY_CODE: dict[str, type[RbeeError]] = {
-    cls.code: cls
-    for cls in (
-        UsageError,
-        InventoryError,
-        ConnectionTimeout,
-        VersionMismatch,
-        ModelNotFound,
-        DownloadFailed,
-        InsufficientRam,
-        VramExhausted,
-        InsufficientDisk,
-        BackendUnavailable,
-        InvalidApiKey,
-        ForeignListener,
-        RequestTooLarge,
-        ConfigError,
-        DiskError,
-        AllSlotsBusy,
-        QueueFull,
-        ContextTooLong,
-        QueueTimeout,
-        ConnectionLost,
-        NoChatTemplate,
-        NodesUnavailable,
-        WorkerCrashed,
-        WorkerStartFailed,
-        WorkerNotFound,
-        LoadingTimeout,
-        RequestCanceled,
-        NodeUnreachable,
-        UnknownNode,
-        HostKeyUnknown,
-        HostKeyChanged,
-        SshAuthFailed,
-        RemoteCommandFailed,
-        NotInstalled,
-        InternalError,
-    )
-}
+def _tree(base: type[RbeeError]) -> list[type[RbeeError]]:
+    out = [base]
+    for sub in base.__subclasses__():
+        if sub.__module__ == __name__:
+            out += _tree(sub)
+    return out
 
 
-_DISK_WORDS = ("disk i/o error", "database or disk is full", "no space left on device")
-
-
-def disk_error(exc: BaseException, where: str = "the rbee data directory") -> DiskError | None:
-    """A DiskError for a full or failing disk (SQLite or OS error), else None."""
-    import errno
-
-    text = str(exc).lower()
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-        pass
-    elif type(exc).__name__ not in ("OperationalError", "DatabaseError") or not any(
-        w in text for w in _DISK_WORDS
-    ):
-        return None
-    return DiskError(
-        f"cannot write to {where}: {exc}",
-        hint=f"the disk of {where} is full or failing: free space there (df -h), then retry",
-        details={"where": where, "reason": str(exc)},
-    )
-
+# Every class of this module, by its wire code: the one table.
+_BY_CODE: dict[str, type[RbeeError]] = {cls.code: cls for cls in _tree(RbeeError)}
+_BY_CODE["INTERNAL_ERROR"] = InternalError
+ALL_ERRORS: tuple[type[RbeeError], ...] = tuple(c for c in _BY_CODE.values())
 
 def error_class(code: str) -> type[RbeeError]:
     """The error class for a wire code (unknown codes become InternalError)."""
@@ -387,5 +392,7 @@ def from_envelope(body: Any, *, status: int | None = None) -> RbeeError:
             details={"status": status},
         )
     hint = details.pop("hint", None)
-    return error_class(code)(message, hint=hint, details=details)
-
+    cls = _BY_CODE.get(code)
+    if cls is None:  # a newer daemon's code: keep it visible, not just "internal"
+        return InternalError(f"{code}: {message}", hint=hint, details={**details, "code": code})
+    return cls(message, hint=hint, details=details)

@@ -19,12 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rbee_fabric import proof
+from rbee_fabric.errormap import disk_error, http_error
 from rbee_fabric.errors import (
+    InternalError,
     InvalidApiKey,
     RbeeError,
     RequestTooLarge,
     UsageError,
-    disk_error,
 )
 
 log = logging.getLogger("rbee")
@@ -60,9 +61,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
-        return JSONResponse(body, status_code=exc.status_code)
+        err = http_error(exc.status_code, str(exc.detail))
+        return JSONResponse(err.envelope(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -70,8 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("%s", disk.message)
             return error_response(disk)
         log.exception("unhandled error")
-        body = {"error": {"code": "INTERNAL_ERROR", "message": repr(exc), "details": {}}}
-        return JSONResponse(body, status_code=500)
+        return error_response(InternalError(repr(exc)))
 
 
 def _jsonable(errors: Any) -> list[dict[str, Any]]:

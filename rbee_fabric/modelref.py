@@ -25,6 +25,9 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 _HF_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# A bare model name (like the aliases, or ORG/NAME): well-formed, so an unknown
+# one is MODEL_NOT_FOUND (exit 1); a path, a URL or another scheme is malformed (exit 2).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
 _QUANT = re.compile(r"^(I?Q[0-9][A-Za-z0-9_]*|F16|F32|BF16)$", re.IGNORECASE)
 
 
@@ -49,7 +52,8 @@ class ModelRef:
 
 
 def parse(reference: str) -> ModelRef:
-    """Parse a reference; UsageError when malformed, ModelNotFound when unknown."""
+    """Parse a reference; UsageError when malformed (exit 2), ModelNotFound when a
+    well-formed name is unknown (exit 1)."""
     ref = reference.strip()
     if not ref:
         raise UsageError("the model reference is empty", hint=f"accepted forms: {ACCEPTED_FORMS}")
@@ -74,9 +78,21 @@ def parse(reference: str) -> ModelRef:
         return ModelRef(kind="file", raw=ref, path=path)
     if ref.startswith("hf:"):
         return _parse_hf(ref, reference)
+    if not _NAME.match(ref) or ref.lower().endswith(".gguf"):  # a path, a URL, another scheme
+        is_file = ref.lower().endswith(".gguf")
+        raise UsageError(
+            f"malformed model reference {reference!r}",
+            hint="a GGUF file on the node is written file:/abs/path/model.gguf"
+            if is_file
+            else f"accepted forms: {ACCEPTED_FORMS}",
+            details={"field": "model", "reference": reference},
+        )
+    hint = f"accepted forms: {ACCEPTED_FORMS}"
+    if "/" in ref:
+        hint = f"a Hugging Face repo is written hf:{ref}; {hint}"
     raise ModelNotFound(
         f"unknown model reference {reference!r}",
-        hint=f"accepted forms: {ACCEPTED_FORMS}",
+        hint=hint,
         details={"reference": reference},
     )
 

@@ -13,13 +13,15 @@ import typer
 from rbee_fabric import __version__
 from rbee_fabric.cli import chat, hive, infer, models, nodes, serve, workers
 from rbee_fabric.cli.options import G
+from rbee_fabric.cli.run import RbeeGroup
 
 app = typer.Typer(
     name="rbee",
     help="Run local LLMs across the machines of your home network.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,  # plain help: no <bool> after flags, wrapped to the terminal
+    cls=RbeeGroup,
 )
 
 
@@ -43,9 +45,9 @@ def version() -> None:
 
 app.command()(infer.infer)
 app.command()(version)
-app.command()(chat.chat)
+app.command(short_help="Talk with MODEL on NODE; the conversation is kept.")(chat.chat)
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(hive.app, name="hive")
 app.add_typer(workers.app, name="workers")
 app.add_typer(models.app, name="models")
-app.command()(serve.serve)
+app.command(short_help="One OpenAI-compatible endpoint for every node.")(serve.serve)

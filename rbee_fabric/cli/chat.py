@@ -53,16 +53,16 @@ def chat(
     start_hive: StartHiveOpt = True,
 ) -> None:
     """Talk with MODEL on NODE: each answer streams, the conversation is kept."""
-    from rbee_fabric.cli.ui import TerminalReporter, fail
+    from rbee_fabric.cli.ui import TerminalReporter
     from rbee_fabric.errors import UsageError
     from rbee_fabric.keeper.chat import ChatSession
     from rbee_fabric.keeper.infer import InferOptions, acquire
     from rbee_fabric.keeper.session import node_transport, open_registry
 
     if backend not in ("auto", "cpu", "cuda", "metal"):
-        fail(UsageError(f"invalid --backend {backend!r}", hint="use auto, cpu, cuda or metal"))
+        raise UsageError(f"invalid --backend {backend!r}", hint="use auto, cpu, cuda or metal")
     if not sys.stdin.isatty():
-        fail(UsageError("rbee chat needs a terminal", hint='use rbee infer --prompt "..." in scripts'))
+        raise UsageError("rbee chat needs a terminal", hint='use rbee infer --prompt "..." in scripts')
     opts = InferOptions(
         model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         backend=backend, device=device, timeout=timeout, n_ctx=ctx_size, start_hive=start_hive,

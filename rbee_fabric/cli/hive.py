@@ -10,12 +10,12 @@ import typer
 from rbee_fabric.cli.options import G, NodeArg
 from rbee_fabric.cli.run import run_flow
 
-app = typer.Typer(help="The rbee-hive daemon of a node.", no_args_is_help=True)
+app = typer.Typer(help="The rbee-hive daemon of a node.", no_args_is_help=True, rich_markup_mode=None)
 
 
-@app.command("start")
+@app.command("start", short_help="Start the hive on NODE and wait until it is healthy.")
 def hive_start(
-    node: NodeArg,
+    node: NodeArg = "localhost",
     idle_timeout: Annotated[float | None, typer.Option(help="worker idle timeout, seconds")] = None,
 ) -> None:
     """Start the hive on NODE (no-op when it already runs) and wait until healthy."""
@@ -32,7 +32,7 @@ def hive_start(
 
 
 @app.command("stop")
-def hive_stop(node: NodeArg) -> None:
+def hive_stop(node: NodeArg = "localhost") -> None:
     """Stop the hive on NODE and every worker it started."""
     from rbee_fabric.cli.ui import err
     from rbee_fabric.keeper import hivectl
@@ -64,8 +64,8 @@ def hive_stop(node: NodeArg) -> None:
 
 @app.command("status")
 def hive_status(
-    node: NodeArg,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    node: NodeArg = "localhost",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Say whether the hive on NODE runs, its version and its workers."""
     from rbee_fabric.keeper import hivectl
@@ -87,9 +87,9 @@ def hive_status(
 
 @app.command("logs")
 def hive_logs(
-    node: NodeArg,
+    node: NodeArg = "localhost",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
-    lines: Annotated[int, typer.Option("--lines", "-l", min=1)] = 50,
+    lines: Annotated[int, typer.Option("--lines", "-l", min=1, help="how many of the last lines to print")] = 50,
 ) -> None:
     """Print the hive log of NODE."""
     from rbee_fabric.cli.ui import sanitize

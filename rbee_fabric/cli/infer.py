@@ -52,19 +52,13 @@ def infer(
     from rbee_fabric.keeper.session import node_transport, open_registry
 
     if backend not in ("auto", "cpu", "cuda", "metal"):
-        from rbee_fabric.cli.ui import fail
-
-        fail(UsageError(f"invalid --backend {backend!r}", hint="use auto, cpu, cuda or metal"))
+        raise UsageError(f"invalid --backend {backend!r}", hint="use auto, cpu, cuda or metal")
     if prompt is None:
         if sys.stdin.isatty():
-            from rbee_fabric.cli.ui import fail
-
-            fail(UsageError("no prompt given", hint='pass --prompt "..." or pipe it on stdin'))
+            raise UsageError("no prompt given", hint='pass --prompt "..." or pipe it on stdin')
         prompt = sys.stdin.read()
     if not prompt.strip():
-        from rbee_fabric.cli.ui import fail
-
-        fail(UsageError("the prompt is empty", hint='pass --prompt "..."'))
+        raise UsageError("the prompt is empty", hint='pass --prompt "..."')
     opts = InferOptions(
         model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, seed=seed, backend=backend, device=device, timeout=timeout,
@@ -72,9 +66,7 @@ def infer(
         system=system, raw=raw, chat_format=chat_format,
     )  # fmt: skip
     if raw and chat_format:
-        from rbee_fabric.cli.ui import fail
-
-        fail(UsageError("--raw and --chat-format contradict each other", hint="choose one"))
+        raise UsageError("--raw and --chat-format contradict each other", hint="choose one")
     reporter = TerminalReporter(quiet_tokens=as_json)
 
     async def main() -> Any:

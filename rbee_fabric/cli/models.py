@@ -11,16 +11,20 @@ import typer
 from rbee_fabric.cli.options import G, NodeOpt
 from rbee_fabric.cli.run import run_flow
 
-app = typer.Typer(help="Models in a node's catalog.", no_args_is_help=True)
+app = typer.Typer(help="Models in a node's catalog.", no_args_is_help=True, rich_markup_mode=None)
 
 
-@app.command("list")
-def models_list(node: NodeOpt = "localhost", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the models in NODE's catalog."""
+@app.command("list", short_help="List the models in NODE's catalog (starts its hive).")
+def models_list(
+    node: NodeOpt = "localhost",
+    as_json: Annotated[bool, typer.Option("--json", help="every field, as JSON")] = False,
+) -> None:
+    """List the models in NODE's catalog (starting its hive, as infer does)."""
+    from rbee_fabric.cli.ui import TerminalReporter
     from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_hive(node, G.inventory) as (_, hive):
+        async with node_hive(node, G.inventory, TerminalReporter()) as (_, hive):
             return (await hive.models()).models
 
     models = run_flow(main())
@@ -39,7 +43,7 @@ def models_list(node: NodeOpt = "localhost", as_json: Annotated[bool, typer.Opti
     from rbee_fabric.cli.ui import safe
 
     for m in models:
-        table.add_row(safe(m.id), safe(m.reference), safe(m.path), f"{m.size_bytes / 2**20:.1f} MB",
+        table.add_row(safe(m.id), safe(m.reference), safe(m.path), f"{m.size_bytes / 1e6:.1f} MB",
                       safe(m.quantization or "?"), safe(m.added_at))  # fmt: skip
     Console().print(table)
 
@@ -48,7 +52,7 @@ def models_list(node: NodeOpt = "localhost", as_json: Annotated[bool, typer.Opti
 def models_pull(model: Annotated[str, typer.Argument(help="model reference")], node: NodeOpt = "localhost") -> None:
     """Fetch MODEL into NODE's catalog, with a progress bar."""
     from rbee_fabric.cli.ui import TerminalReporter, err
-    from rbee_fabric.errors import from_envelope
+    from rbee_fabric.errors import DownloadFailed, from_envelope
     from rbee_fabric.keeper.session import node_hive
 
     reporter = TerminalReporter()
@@ -69,14 +73,17 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
                             return p.model, True
             finally:
                 reporter.close_bar()
-        raise RuntimeError("download ended without a result")
+        raise DownloadFailed(
+            f"the download of {model} on {node} ended without a result",
+            hint=f"see why in rbee hive logs {node}; pulling again resumes the download",
+        )
 
     info, fetched = run_flow(main())
     verb = "added" if fetched else "already in the catalog:"
-    err.print(f"{verb} {info.reference} -> {info.id} ({info.size_bytes / 2**20:.1f} MB, {info.path})")
+    err.print(f"{verb} {info.reference} -> {info.id} ({info.size_bytes / 1e6:.1f} MB, {info.path})")
 
 
-@app.command("push")
+@app.command("push", short_help="Copy a model to NODE over SFTP, verify and register it.")
 def models_push(
     model: Annotated[str, typer.Argument(help="a local .gguf path, or a model in this machine's catalog")],
     node: NodeOpt,
@@ -102,7 +109,7 @@ def models_push(
     err.print(f"pushed and verified: {info.reference} -> {info.id} on {node}; use it with --model {info.reference}")
 
 
-@app.command("rm")
+@app.command("rm", short_help="Remove a model from NODE's catalog (and the file rbee put).")
 def models_rm(
     model: Annotated[str, typer.Argument(help="model id, or reference as --model takes it (see `rbee models list`)")],
     node: NodeOpt = "localhost",
@@ -114,7 +121,7 @@ def models_rm(
     from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_hive(node, G.inventory) as (_, hive):
+        async with node_hive(node, G.inventory, running=True) as (_, hive):
             return await hive.delete_model(quote(model, safe=":/"))  # a reference may hold ? or #
 
     ack = run_flow(main())

@@ -10,7 +10,7 @@ import typer
 from rbee_fabric.cli.options import G, NodeArg
 from rbee_fabric.cli.run import run_flow
 
-app = typer.Typer(help="Nodes of the inventory.", no_args_is_help=True)
+app = typer.Typer(help="Nodes of the inventory.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("list")
@@ -18,14 +18,9 @@ def nodes_list(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List the inventory's nodes and how each is reached."""
-    from rbee_fabric.cli.ui import fail
-    from rbee_fabric.errors import RbeeError
     from rbee_fabric.keeper import inventory
 
-    try:
-        inv = inventory.load(G.inventory)
-    except RbeeError as exc:
-        fail(exc)
+    inv = inventory.load(G.inventory)
     if as_json:
         print(json.dumps([
             {"name": n.name, "hostname": n.hostname, "local": n.local, "user": n.user,
@@ -45,7 +40,36 @@ def nodes_list(
     Console().print(table)
 
 
-@app.command("check")
+@app.command("init", short_help="Write a commented starter inventory and print its path.")
+def nodes_init(
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented starter inventory (--inventory, $RBEE_INVENTORY or ~/.config/rbee/hosts.toml)."""
+    from importlib.resources import files
+
+    from rbee_fabric.cli.ui import err
+    from rbee_fabric.errors import UsageError
+    from rbee_fabric.keeper import inventory
+
+    path = inventory.inventory_path(G.inventory) or inventory.default_inventory_path()
+    if path.exists() and not force:
+        raise UsageError(
+            f"{path} already exists; it was left as it is",
+            hint="edit it, or overwrite it with the starter: rbee "
+            f"{'--inventory ' + str(path) + ' ' if G.inventory else ''}nodes init --force",
+            details={"file": str(path)},
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = files("rbee_fabric.keeper").joinpath("hosts.starter.toml").read_text(encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    err.print(f"wrote a starter inventory to {path}", markup=False)
+    print(path)
+    err.print("edit its example node, then: rbee nodes list", markup=False)
+
+
+@app.command("check", short_help="Check nodes for what rbee needs, with a fix per problem.")
 def nodes_check(
     nodes: Annotated[list[str] | None, typer.Argument(help="nodes to check (default: all)")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="also check that MODEL fits")] = None,
@@ -85,7 +109,7 @@ def nodes_check(
     raise typer.Exit(0 if ok else 1)
 
 
-@app.command("install")
+@app.command("install", short_help="Install the keeper's rbee-fabric on NODE (no internet there).")
 def nodes_install(
     node: NodeArg,
     upgrade: Annotated[bool, typer.Option("--upgrade", help="replace another installed version")] = False,
@@ -115,7 +139,7 @@ def nodes_install(
     err.print(report.message + suffix)
 
 
-@app.command("trust")
+@app.command("trust", short_help="Show NODE's SSH host key and add it to known_hosts.")
 def nodes_trust(
     node: NodeArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,

@@ -1,17 +1,52 @@
-"""The one error context of the CLI: every failure becomes a message and an exit code here."""
+"""The one error context of the CLI: every failure of every command becomes a message and an exit code here.
+
+`RbeeGroup` is the root command's class: its `invoke` runs the root callback
+and whichever command follows inside `error_context`, so nothing a command
+does (opening the registry, reading the inventory, a flow) can print a raw
+traceback. Click's own errors (a bad flag, --help, typer.Exit) pass through.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
+
+import typer
+from typer.core import TyperGroup
 
 from rbee_fabric.cli.options import G
 
 T = TypeVar("T")
 
+# Click's own exits (a bad flag, --help, typer.Exit): typer >= 0.22 vendors click,
+# so its ClickException is found through typer rather than imported from click.
+CLICK_EXCEPTION: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_CLICK_OWN = (CLICK_EXCEPTION, typer.Exit, typer.Abort)
+
 
 def run_flow(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a keeper flow under the CLI's error mapping (--debug shows tracebacks)."""
-    from rbee_fabric.cli.ui import run
+    """Run a keeper flow (its errors reach the command's error context)."""
+    return asyncio.run(coro)
 
-    return run(coro, debug=G.debug)
+
+@contextlib.contextmanager
+def error_context() -> Iterator[None]:
+    """Map every failure inside to one message and an exit code (--debug: tracebacks)."""
+    try:
+        yield
+    except _CLICK_OWN:
+        raise
+    except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
+        from rbee_fabric.cli.ui import report
+
+        report(exc, debug=G.debug)
+
+
+class RbeeGroup(TyperGroup):
+    """The root group: the root callback and every sub-command run in the error context."""
+
+    def invoke(self, ctx: Any) -> Any:  # click.Context (vendored by newer typer)
+        with error_context():
+            return super().invoke(ctx)

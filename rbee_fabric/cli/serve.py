@@ -17,11 +17,6 @@ def serve(
     grace: Annotated[float, typer.Option(min=0.0, help="seconds a stop waits for running generations before cancelling them")] = 10.0,
 ) -> None:
     """One OpenAI-compatible endpoint (/v1) for every node of the inventory."""
-    from rbee_fabric.cli.ui import fail
-    from rbee_fabric.errors import RbeeError
     from rbee_fabric.gateway.server import run
 
-    try:
-        run(host, port, json_logs=json_logs, inventory_file=G.inventory, n_ctx=ctx_size, grace_s=grace)
-    except RbeeError as exc:
-        fail(exc)
+    run(host, port, json_logs=json_logs, inventory_file=G.inventory, n_ctx=ctx_size, grace_s=grace)

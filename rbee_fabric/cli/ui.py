@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sys
+import time
 import traceback
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,22 +20,23 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column
 
 from rbee_fabric import paths
+from rbee_fabric.errormap import disk_error
 from rbee_fabric.errors import (
     EXIT_CANCELED,
     EXIT_RUNTIME,
     RbeeError,
     RequestCanceled,
-    disk_error,
 )
 
 if TYPE_CHECKING:
     from rbee_fabric.schemas import DownloadProgress, LoadingProgress
 
-T = TypeVar("T")
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+# In a terminal, long lines break between words; piped, each stays one line for grep.
+err.soft_wrap = not err.is_terminal
 
 # C0 controls but tab and newline, DEL and the C1 controls (ESC, CSI, OSC...):
 # text from daemons, logs and models never drives the user's terminal.
@@ -67,12 +67,7 @@ class TerminalReporter:
     def _bar(self, kind: str, description: str, total: float | None) -> Progress:
         if self._kind != kind:
             self.close_bar()
-            columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
-            if kind == "download":
-                columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
-            else:
-                columns += [TextColumn("{task.percentage:>3.0f}%")]
-            self._progress = Progress(*columns, console=err, transient=False)
+            self._progress = Progress(*bar_columns(kind, err.width), console=err, expand=True)
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
             self._kind = kind
@@ -90,7 +85,8 @@ class TerminalReporter:
 
     def attempt(self, n: int, total: int, address: str, error: str) -> None:
         self.close_bar()
-        err.print(f"[yellow]attempt {n}/{total}[/yellow] {safe(address)}: {safe(error)}")
+        where = "" if address in error else f" {safe(address)}:"  # the error may name it already
+        err.print(f"[yellow]attempt {n}/{total}[/yellow]{where} {safe(error)}")
 
     def download(self, p: DownloadProgress) -> None:
         name = safe(p.filename or "model")
@@ -101,11 +97,14 @@ class TerminalReporter:
             self._notes_shown = len(p.notes)
         if p.stage == "downloading":
             if p.resumed_from and self._kind != "download":
-                err.print(f"[dim]resuming {name} at {p.resumed_from / 2**20:.1f} MB[/dim]")
+                err.print(f"[dim]resuming {name} at {p.resumed_from / 1e6:.1f} MB[/dim]")
             bar = self._bar("download", safe(p.label) if p.label else f"fetching {name}", p.bytes_total)
             assert self._task is not None
             bar.update(self._task, completed=p.bytes_done, total=p.bytes_total)
             return
+        if self._kind == "download" and self._progress is not None and p.stage in ("verifying", "done"):
+            assert self._task is not None  # every byte is there: the bar ends full
+            self._progress.update(self._task, completed=self._progress.tasks[0].total)
         self.close_bar()
         if p.stage == "verifying":
             err.print(f"[dim]verifying {name} (sha256)[/dim]")
@@ -132,6 +131,28 @@ class TerminalReporter:
             sys.stdout.flush()
 
 
+def bar_columns(kind: str, width: int) -> list[Any]:
+    """A progress bar's columns, on one line at any width.
+
+    Only the description (shortened with an ellipsis) and the bar itself give
+    way; sizes are decimal MB, as in `rbee models list`. Below 80 columns the
+    speed and time left are dropped before anything wraps.
+    """
+    fixed = Column(no_wrap=True)
+    description = TextColumn(
+        "{task.description}",
+        table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(10, width // 3)),
+    )
+    columns: list[Any] = [description, BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5))]
+    if kind == "download":
+        columns.append(DownloadColumn(binary_units=False, table_column=fixed))
+        if width >= 80:
+            columns += [TransferSpeedColumn(table_column=fixed), TimeRemainingColumn(table_column=fixed)]
+    else:
+        columns.append(TextColumn("{task.percentage:>3.0f}%", table_column=fixed))
+    return columns
+
+
 def fail(error: RbeeError) -> NoReturn:
     """Print an RbeeError as the user sees it and exit with its code."""
     if isinstance(error, RequestCanceled):
@@ -143,28 +164,32 @@ def fail(error: RbeeError) -> NoReturn:
     raise SystemExit(error.exit_code)
 
 
-def run(coro: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
-    """Run a flow; map every failure to a message and an exit code, here only."""
-    try:
-        return asyncio.run(coro)
-    except RbeeError as exc:
+def report(exc: BaseException, *, debug: bool = False) -> NoReturn:
+    """Turn any failure of a command into its message and exit code (the one place)."""
+    if isinstance(exc, RbeeError):
         if debug:
-            traceback.print_exc()
+            traceback.print_exception(exc)
         fail(exc)
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
         err.print("Canceled.")
         raise SystemExit(EXIT_CANCELED) from None
-    except Exception as exc:  # a bug: one line for the user, the traceback in a log
-        if (disk := disk_error(exc, str(paths.data_dir()))) is not None:
-            fail(disk)
-        if debug:
-            traceback.print_exc()
-            raise SystemExit(EXIT_RUNTIME) from None
-        log_path = paths.ensure_dir(paths.logs_dir()) / "keeper.log"
-        logging.basicConfig(filename=log_path, level=logging.ERROR)
-        logging.getLogger("rbee").exception("unexpected error")
-        err.print(f"[bold red]error[/bold red] INTERNAL_ERROR: {type(exc).__name__}: {safe(exc)}")
-        err.print(f"Suggestion: run again with --debug; the traceback is in {log_path}", markup=False)
+    if (disk := disk_error(exc, str(paths.data_dir()))) is not None:
+        fail(disk)
+    if debug:
+        traceback.print_exception(exc)
         raise SystemExit(EXIT_RUNTIME) from None
+    # A bug: one line for the user, the traceback in a log.
+    err.print(f"[bold red]error[/bold red] INTERNAL_ERROR: {type(exc).__name__}: {safe(exc)}")
+    where = "run again with --debug to see the traceback"
+    try:
+        log_path = paths.ensure_dir(paths.logs_dir()) / "keeper.log"
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} unexpected error in rbee {' '.join(sys.argv[1:])}\n")
+            log.writelines(traceback.format_exception(exc))
+        where = f"run again with --debug; the traceback is in {log_path}"
+    except OSError:
+        pass  # no log to write to: the suggestion says --debug
+    err.print(f"Suggestion: {where}", markup=False)
+    raise SystemExit(EXIT_RUNTIME) from None
 
 

@@ -11,13 +11,13 @@ import typer
 from rbee_fabric.cli.options import G, NodeOpt
 from rbee_fabric.cli.run import run_flow
 
-app = typer.Typer(help="Workers (loaded models).", no_args_is_help=True)
+app = typer.Typer(help="Workers (loaded models).", no_args_is_help=True, rich_markup_mode=None)
 
 
-@app.command("list")
+@app.command("list", short_help="List the workers of the nodes (state, memory, queue).")
 def workers_list(
-    node: Annotated[str | None, typer.Option("--node", "-n")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    node: Annotated[str | None, typer.Option("--node", "-n", help="only this node (default: localhost and every node with a known worker)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="every field, as JSON")] = False,
 ) -> None:
     """List workers, as the nodes' hives report them (the registry is synced).
 
@@ -25,8 +25,10 @@ def workers_list(
     runs, context size, requests queued, idle time and when the hive unloads
     it if it stays idle. --json gives every field.
     """
-    from rbee_fabric.errors import RbeeError
-    from rbee_fabric.keeper.session import node_hive, open_registry
+    from rbee_fabric.cli.ui import err
+    from rbee_fabric.errors import HiveNotRunning, RbeeError
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.session import node_transport, open_registry
 
     registry = open_registry()
     nodes = [node] if node else sorted({r.node for r in registry.list()} | {"localhost"})
@@ -34,13 +36,22 @@ def workers_list(
     async def main() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for name in nodes:
-            async with node_hive(name, G.inventory) as (_, hive):
+            async with node_transport(name, G.inventory) as t:
+                try:
+                    hive = await hivectl.running_hive(t)
+                except HiveNotRunning:
+                    # Workers end with their hive: none runs there.
+                    err.print(f"[dim]rbee-hive is not running on {name}, so no workers there "
+                              f"(rbee infer starts it, or: rbee hive start {name})[/dim]")  # fmt: skip
+                    registry.sync(name, set())
+                    continue
+                except RbeeError as exc:
+                    rows += _unknown(registry.list(name), name, exc)
+                    continue
                 try:
                     live = (await hive.workers()).workers
                 except RbeeError as exc:
-                    for r in registry.list(name):
-                        rows.append({"node": name, "id": r.id, "model": r.model_ref,
-                                     "state": f"unknown ({exc.code})", "url": r.url, "pid": r.pid})  # fmt: skip
+                    rows += _unknown(registry.list(name), name, exc)
                     continue
                 registry.sync(name, {w.id for w in live})
                 for w in live:
@@ -66,8 +77,15 @@ def workers_list(
     console.print(workers_table(rows, console.width))
 
 
+def _unknown(records: list[Any], node: str, exc: Exception) -> list[dict[str, Any]]:
+    """Rows for the workers the registry knows on a node whose hive cannot be asked."""
+    code = getattr(exc, "code", type(exc).__name__)
+    return [{"node": node, "id": r.id, "model": r.model_ref, "state": f"unknown ({code})",
+             "url": r.url, "pid": r.pid} for r in records]  # fmt: skip
+
+
 @app.command("health")
-def workers_health(node: NodeOpt) -> None:
+def workers_health(node: NodeOpt = "localhost") -> None:
     """Probe every worker of NODE."""
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.keeper import hivectl
@@ -75,7 +93,7 @@ def workers_health(node: NodeOpt) -> None:
 
     async def main() -> int:
         bad = 0
-        async with node_hive(node, G.inventory) as (t, hive):
+        async with node_hive(node, G.inventory, running=True) as (t, hive):
             workers = (await hive.workers()).workers
             for w in workers:
                 client = await hivectl.connect_worker(t, w.url)
@@ -99,10 +117,10 @@ def workers_health(node: NodeOpt) -> None:
 @app.command("shutdown")
 def workers_shutdown(
     worker_id: Annotated[str, typer.Option("--id", help="worker id (see `rbee workers list`)")],
-    node: Annotated[str | None, typer.Option("--node", "-n")] = None,
+    node: Annotated[str | None, typer.Option("--node", "-n", help="the worker's node (default: the one the registry knows)")] = None,
 ) -> None:
     """Stop one worker."""
-    from rbee_fabric.cli.ui import err, fail
+    from rbee_fabric.cli.ui import err
     from rbee_fabric.errors import WorkerNotFound
     from rbee_fabric.keeper.session import node_hive, open_registry
 
@@ -111,13 +129,13 @@ def workers_shutdown(
         rec = registry.get(worker_id)
         target = node or (rec.node if rec else None)
         if target is None:
-            fail(WorkerNotFound(
+            raise WorkerNotFound(
                 f"worker {worker_id!r} is not in the registry",
                 hint="name its node: rbee workers shutdown --id ID --node NODE",
-            ))  # fmt: skip
+            )
 
         async def main() -> None:
-            async with node_hive(target, G.inventory) as (_, hive):
+            async with node_hive(target, G.inventory, running=True) as (_, hive):
                 await hive.shutdown_worker(worker_id)
 
         try:

@@ -24,9 +24,9 @@ from rbee_fabric.errors import (
     DownloadFailed,
     InsufficientDisk,
     ModelNotFound,
+    NotFound,
     RbeeError,
     UsageError,
-    WorkerNotFound,
 )
 from rbee_fabric.ggufmeta import GGUFError, read_info
 from rbee_fabric.resources import disk_free_mb
@@ -105,7 +105,7 @@ class Provisioner:
 
     def job(self, job_id: str) -> Job:
         if (job := self.jobs.get(job_id)) is None:
-            raise WorkerNotFound(f"no download {job_id!r} on this node")
+            raise NotFound(f"no download {job_id!r} on this node", details={"download_id": job_id})
         return job
 
     async def close(self) -> None:

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Protocol
 
 from rbee_fabric import __version__, paths
-from rbee_fabric.errors import NotInstalled, RbeeError, RemoteCommandFailed, UsageError
+from rbee_fabric.errors import (
+    InstallFailed,
+    NotInstalled,
+    RemoteCommandFailed,
+    UsageError,
+)
 from rbee_fabric.keeper import hivectl, ownwheel
 from rbee_fabric.keeper.transport import Transport
 
@@ -98,7 +103,7 @@ def _collect_dependencies(out: Path) -> None:
         return
     lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
     reasons = [ln for ln in lines if ln.startswith("ERROR:")] or lines[-3:]
-    raise RbeeError(
+    raise InstallFailed(
         "collecting the dependency wheels for the node failed: "
         + (" / ".join(reasons) or f"pip exited with status {r.returncode}"),
         hint="pip takes them from its package index or cache; without an index here, point "

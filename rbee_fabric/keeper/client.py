@@ -153,10 +153,13 @@ class Endpoint:
             ) from None
         except RbeeError:
             raise
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except httpx.ConnectError as exc:
+            refused = _refused(exc)
             raise Unreachable(
-                f"cannot connect to {self.base_url}: {_reason(exc)}",
-                details={"address": self.base_url},
+                f"nothing listens at {self.base_url} (connection refused)"
+                if refused
+                else f"cannot connect to {self.base_url}: {_reason(exc)}",
+                details={"address": self.base_url, "refused": refused},
             ) from None
         except httpx.TimeoutException as exc:
             raise Unreachable(
@@ -167,6 +170,13 @@ class Endpoint:
             raise Unreachable(
                 f"connection to {self.base_url} failed: {_reason(exc)}",
                 details={"address": self.base_url},
+            ) from None
+        except ValidationError as exc:  # an answer of another schema: another version
+            raise VersionMismatch(
+                f"the {self.what} on {self.node} ({self.base_url}) answered in a form "
+                f"this keeper ({__version__}) does not know: {_reason(exc)}",
+                hint=f"install the keeper's version on the node: rbee nodes install {self.node} --upgrade",
+                details={"keeper": __version__, "node": self.node},
             ) from None
 
     @staticmethod
@@ -213,6 +223,20 @@ def _body(body: BaseModel) -> dict[str, Any]:
     """The JSON of a request: the fields it sets, None included (max_tokens=None
     means "until the end of the turn", not "the default cap")."""
     return body.model_dump(mode="json", exclude_unset=True)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect error is a refusal (nothing listens), through its causes."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
+            return True
+        if isinstance(seen, BaseExceptionGroup):
+            return any(_refused(e) for e in seen.exceptions)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(exc: Exception) -> str:

@@ -16,6 +16,7 @@ from rbee_fabric import __version__, paths
 from rbee_fabric.errors import (
     ConnectionTimeout,
     ForeignListener,
+    HiveNotRunning,
     InvalidApiKey,
     RbeeError,
     VersionMismatch,
@@ -92,13 +93,13 @@ async def ensure_hive(
 ) -> HiveHealth:
     """Step 2: the hive answers (started here if needed) and speaks our version."""
     address = hive.base_url
-    last = ""
+    last: Unreachable | None = None
     for n in range(1, attempts + 1):
         try:
             health = await proven_health(t, hive, 3.0)
             break
         except Unreachable as exc:
-            last = exc.message
+            last = exc
         if start and t.can_start_hive:
             # One start per node at a time: other keepers wait here, then find it up.
             async with start_lock(t.node.name):
@@ -108,18 +109,65 @@ async def ensure_hive(
                     notes.info(f"rbee-hive is not running on {t.node.name}; starting it")
                     health = await _start_and_wait(t, hive, idle_timeout)
             break
-        notes.attempt(n, attempts, address, last)
+        notes.attempt(n, attempts, address, last.message)
         if n < attempts:
             await asyncio.sleep(BACKOFF_S * 2 ** (n - 1))
     else:
+        assert last is not None
+        if last.details.get("refused"):
+            raise not_running(t, address, started_by_infer=start, attempts=attempts)
         raise ConnectionTimeout(
-            f"rbee-hive at {address} did not answer after {attempts} attempts: {last}",
+            f"rbee-hive at {address} did not answer after {attempts} attempts: {last.message}",
             hint=f"is rbee-hive running on {t.node.name}? start it with: "
             f"rbee hive start {t.node.name}",
             details={"address": address, "attempts": attempts, "node": t.node.name},
         )
     check_version(health, t.node.name)
     return health
+
+
+def not_running(
+    t: Transport, address: str, *, started_by_infer: bool = True, attempts: int = 1
+) -> HiveNotRunning:
+    """The plain answer when nothing listens on the hive's port (connection refused)."""
+    name = t.node.name
+    tried = f" after {attempts} attempts" if attempts > 1 else ""
+    if not started_by_infer:
+        hint = f"start it: rbee hive start {name}, or run without --no-start-hive"
+    elif not t.can_start_hive:
+        hint = f"start it on that machine: rbee hive start {name}"
+    else:
+        hint = f"start it: rbee hive start {name} (rbee infer starts it on its own)"
+    return HiveNotRunning(
+        f"rbee-hive is not running on {name}: nothing listens at {address}{tried}",
+        hint=hint,
+        details={"address": address, "node": name, "attempts": attempts},
+    )
+
+
+async def running_hive(t: Transport) -> HiveClient:
+    """A client for the node's hive, checked once: HIVE_NOT_RUNNING when nothing listens.
+
+    For commands that only read or change a running hive (`models rm`,
+    `workers health`, `workers shutdown`): starting a hive for them would
+    show nothing.
+    """
+    hive = await connect_hive(t)
+    try:
+        check_version(await proven_health(t, hive, 3.0), t.node.name)
+    except Unreachable as exc:
+        await hive.aclose()
+        if exc.details.get("refused"):
+            raise not_running(t, hive.base_url) from None
+        raise ConnectionTimeout(
+            f"rbee-hive on {t.node.name} does not answer: {exc.message}",
+            hint=f"see its state: rbee hive status {t.node.name}; its log: rbee hive logs {t.node.name}",
+            details=exc.details,
+        ) from None
+    except BaseException:
+        await hive.aclose()
+        raise
+    return hive
 
 
 @contextlib.asynccontextmanager

@@ -142,14 +142,18 @@ def validate_node_name(name: str) -> None:
         )
 
 
+def default_inventory_path() -> Path:
+    """~/.config/rbee/hosts.toml (under $XDG_CONFIG_HOME when set)."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rbee" / "hosts.toml"
+
+
 def inventory_path(explicit: str | None) -> Path | None:
     """The inventory file to read, by the lookup order; None for the built-in one."""
     if explicit:
         return Path(explicit).expanduser()
     if env := os.environ.get("RBEE_INVENTORY"):
         return Path(env).expanduser()
-    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    candidate = default / "rbee" / "hosts.toml"
+    candidate = default_inventory_path()
     return candidate if candidate.exists() else None
 
 
@@ -163,13 +167,13 @@ def load(explicit: str | None = None) -> Inventory:
     except FileNotFoundError:
         raise InventoryError(
             f"inventory file not found: {path}",
-            hint="copy hosts.example.toml to ~/.config/rbee/hosts.toml, or fix --inventory",
+            hint=f"write a commented starter there: rbee --inventory {path} nodes init",
             details={"file": str(path)},
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InventoryError(
             f"{path}: not valid TOML: {exc}",
-            hint="see hosts.example.toml for the format",
+            hint="`rbee --inventory NEW.toml nodes init` writes a commented example of the format",
             details={"file": str(path)},
         ) from None
     try:
@@ -180,7 +184,7 @@ def load(explicit: str | None = None) -> Inventory:
         reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise InventoryError(
             f"{path}: {key}: {reason}",
-            hint="see hosts.example.toml for every key and its allowed values",
+            hint="`rbee --inventory NEW.toml nodes init` writes an example with every key",
             details={"file": str(path), "key": key},
         ) from None
     nodes = dict(builtin)

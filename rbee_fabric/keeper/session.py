@@ -30,13 +30,21 @@ async def node_transport(name: str, inventory_file: str | None) -> AsyncIterator
 
 @contextlib.asynccontextmanager
 async def node_hive(
-    name: str, inventory_file: str | None, notes: hivectl.Notes | None = None, **ensure: Any
+    name: str, inventory_file: str | None, notes: hivectl.Notes | None = None, *,
+    running: bool = False, **ensure: Any,
 ) -> AsyncIterator[tuple[Transport, HiveClient]]:
-    """Open the node, a client for its hive (made sure to run when notes are given), close both.
+    """Open the node, a client for its hive, close both.
 
-    `ensure` goes to hivectl.ensure_hive (start, attempts, idle_timeout).
+    With notes the hive is made sure to run (started if need be, as infer
+    does; `ensure` goes to hivectl.ensure_hive: start, attempts,
+    idle_timeout). With running=True it must already run: HIVE_NOT_RUNNING
+    otherwise (for commands that only read or change a running hive).
     """
-    async with node_transport(name, inventory_file) as t, hivectl.hive_client(t) as hive:
-        if notes is not None:
-            await hivectl.ensure_hive(t, hive, notes, **ensure)
-        yield t, hive
+    async with node_transport(name, inventory_file) as t:
+        hive = await (hivectl.running_hive(t) if running else hivectl.connect_hive(t))
+        try:
+            if notes is not None:
+                await hivectl.ensure_hive(t, hive, notes, **ensure)
+            yield t, hive
+        finally:
+            await hive.aclose()

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from rbee_fabric import __version__, contextfit, sse
-from rbee_fabric.errors import RbeeError, WorkerNotFound
+from rbee_fabric.errors import GenerationFailed, RbeeError, WorkerNotFound, WorkerNotReady
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.schemas import (
     Ack,
@@ -38,12 +38,6 @@ log = logging.getLogger("rbee.worker")
 
 HEARTBEAT_S = 1.0
 """A waiting request hears from the worker this often, so a gone client is noticed."""
-
-
-class WorkerNotReady(RbeeError):
-    code = "WORKER_NOT_READY"
-    http_status = 503
-    default_hint = "the model is still loading; follow /v1/loading/progress"
 
 
 @dataclass
@@ -352,10 +346,8 @@ async def _generate(
 
 def _error_event(exc: object) -> ErrorEnvelope:
     """A generation error as an SSE error event; typed errors keep their code."""
-    if isinstance(exc, RbeeError):
-        return ErrorEnvelope.model_validate(exc.envelope())
-    body = {"code": "GENERATION_FAILED", "message": str(exc), "details": {}}
-    return ErrorEnvelope.model_validate({"error": body})
+    err = exc if isinstance(exc, RbeeError) else GenerationFailed(str(exc))
+    return ErrorEnvelope.model_validate(err.envelope())
 
 
 async def _release_after(w: WorkerState, current: _Current, thread: threading.Thread) -> None:

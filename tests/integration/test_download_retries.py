@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Hive, RbeeHome, start_hive, stop_hive
 from tests.support.hubserver import Hub
-from tests.support.procs import free_port
+from tests.support.procs import refusing_address
 from tests.support.tiny_gguf import write_tiny_gguf
 
 FAST = {"RBEE_DOWNLOAD_BACKOFF_S": "0.01", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -42,12 +42,12 @@ def progress_events(hive: Hive, reference: str) -> list[dict]:
 
 
 def test_an_unreachable_hub_is_tried_six_times_and_each_retry_is_shown(rbee_home: RbeeHome) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
-    hive = start_hive(rbee_home, env={**FAST, "HF_ENDPOINT": dead})
-    try:
-        events = progress_events(hive, "hf:org/tiny-GGUF")
-    finally:
-        stop_hive(hive)
+    with refusing_address() as dead:  # every connection there is refused
+        hive = start_hive(rbee_home, env={**FAST, "HF_ENDPOINT": dead})
+        try:
+            events = progress_events(hive, "hf:org/tiny-GGUF")
+        finally:
+            stop_hive(hive)
     last = events[-1]
     assert last["stage"] == "failed"
     assert [n.split(":")[0] for n in last["notes"]] == [f"retry {i}/6 in {0.01 * 2 ** (i - 2):g} s" for i in range(2, 7)]
@@ -95,12 +95,12 @@ def test_a_cut_download_announces_its_retry(rbee_home: RbeeHome, hub: Hub, tmp_p
 
 def test_models_pull_without_network_shows_the_retries_and_what_to_do(rbee_home: RbeeHome) -> None:
     rbee_home.local_node()
-    dead = f"http://127.0.0.1:{free_port()}"
-    env = {**FAST, "HF_ENDPOINT": dead}
-    try:
-        r = rbee_home.run("models", "pull", "hf:org/tiny-GGUF", env=env)
-    finally:
-        rbee_home.run("hive", "stop", "localhost", env=env)
+    with refusing_address() as dead:
+        env = {**FAST, "HF_ENDPOINT": dead}
+        try:
+            r = rbee_home.run("models", "pull", "hf:org/tiny-GGUF", env=env)
+        finally:
+            rbee_home.run("hive", "stop", "localhost", env=env)
     assert r.returncode == 1, r.stderr
     for i in range(2, 7):
         assert f"retry {i}/6 in " in r.stderr

@@ -39,13 +39,19 @@ def test_infer_starts_the_hive_streams_and_reuses_the_worker(rbee_home: RbeeHome
 
 
 def test_plain_output_streams_text_to_stdout_and_the_summary_to_stderr(rbee_home: RbeeHome, tiny_model: Path) -> None:
+    from rbee_fabric.cli.ui import sanitize
+
     rbee_home.local_node()
-    r = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--max-tokens", "5", input="prompt from stdin")
+    args = ("infer", "--model", f"file:{tiny_model}", "--max-tokens", "5", "--temperature", "0", "--seed", "7")
+    r = rbee_home.run(*args, input="prompt from stdin")
     try:
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip(), "no generated text on stdout"
-        assert "tokens in" in r.stderr and "tokens/s" in r.stderr
-        assert "tokens in" not in r.stdout
+        same = json.loads(rbee_home.run(*args, "--json", input="prompt from stdin").stdout)
+        # stdout is exactly the generated text (then a newline), as --json reports it.
+        assert 1 <= same["tokens"] <= 5 and same["text"]
+        assert r.stdout == sanitize(same["text"]) + "\n"
+        assert f"{same['tokens']} tokens" in r.stderr and "tokens/s" in r.stderr
+        assert "tokens/s" not in r.stdout
     finally:
         rbee_home.run("hive", "stop", "localhost")
 

@@ -140,6 +140,11 @@ def test_20_concurrent_clients_all_complete_in_arrival_order(slow_worker: dict[s
     assert now["state"] == "idle" and now["queued"] == 0
 
 
+def _in_line(r: dict[str, Any]) -> int:
+    """Requests the worker holds: the running one and those queued."""
+    return int(r["state"] == "busy") + int(r["queued"])
+
+
 def test_a_full_queue_answers_queue_full_with_retry_after(scripted_hive: Hive, tiny_model: Path) -> None:
     h = scripted_hive
     model = httpx.post(f"{h.url}/v1/models/download", json={"reference": f"file:{tiny_model}"},
@@ -149,10 +154,11 @@ def test_a_full_queue_answers_queue_full_with_retry_after(scripted_hive: Hive, t
     worker = {**info, "headers": h.headers}
     assert wait_for(lambda: ready(info["url"], h.headers).get("ready"))
     out: dict[str, list[Any]] = {}
-    threads = [threading.Thread(target=generate, args=(worker, f"r{i}", 20, out)) for i in range(3)]
-    for t in threads:
+    # The first runs long enough (60 tokens) for the other two to queue behind it.
+    threads = [threading.Thread(target=generate, args=(worker, f"r{i}", n, out)) for i, n in enumerate((60, 5, 5))]
+    for i, t in enumerate(threads):  # one at a time, so they queue in order
         t.start()
-        time.sleep(0.1)
+        assert wait_for(lambda i=i: _in_line(ready(info["url"], h.headers)) == i + 1)  # type: ignore[misc]
     assert wait_for(lambda: ready(info["url"], h.headers)["queued"] == 2)
     r = httpx.post(f"{info['url']}/v1/inference", json={"prompt": "y"}, headers=h.headers)
     assert r.status_code == 429
@@ -170,7 +176,7 @@ def test_a_cancelled_queued_request_never_runs(slow_worker: dict[str, Any]) -> N
     out: dict[str, list[Any]] = {}
     first = threading.Thread(target=generate, args=(slow_worker, "running", 400, out))  # 20 s, stopped below
     first.start()
-    time.sleep(0.3)
+    assert wait_for(lambda: ready(slow_worker["url"], h.headers)["state"] == "busy")
     deleted = threading.Thread(target=generate, args=(slow_worker, "deleted", 30, out))
     deleted.start()
     # A client that goes away while waiting (Ctrl+C, dropped connection).

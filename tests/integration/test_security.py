@@ -25,7 +25,7 @@ import pytest
 
 from rbee_fabric import __version__
 from tests.conftest import RbeeHome, start_hive, stop_hive
-from tests.support.procs import free_port, wait_http
+from tests.support.procs import free_port, start_on_port_0, wait_http
 
 IMPOSTOR = Path(__file__).parent.parent / "support" / "impostor.py"
 
@@ -227,17 +227,16 @@ def test_3_hive_stop_reaps_workers_whose_hive_is_gone(rbee_home: RbeeHome, tiny_
     from rbee_fabric.keeper.registry import Registry, WorkerRecord
 
     rbee_home.local_node()
-    wport = free_port()
     env = {**rbee_home.env, "RBEE_API_KEY": rbee_home.api_key}
     env.pop("RBEE_HIVE_PID", None)  # a worker of a hive that is gone (or an old version)
-    orphan = subprocess.Popen(
+    orphan, wport, _ = start_on_port_0(
         [sys.executable, "-m", "rbee_fabric.worker", "--worker-id", "w-orphan1234", "--model", str(tiny_model),
-         "--port", str(wport)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+         "--port", "0"], env=env, start_new_session=True,
     )  # fmt: skip
     # An unrelated process whose pid the registry also names (under another worker id).
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "rbee_fabric.worker"], env=rbee_home.env)
     try:
-        wait_http(f"http://127.0.0.1:{wport}/v1/health", proc=orphan)  # type: ignore[arg-type]
+        wait_http(f"http://127.0.0.1:{wport}/v1/health", proc=orphan)
         registry = Registry(rbee_home.data / "registry.db")
         for wid, pid in (("w-orphan1234", orphan.pid), ("w-other", bystander.pid)):
             registry.add(WorkerRecord(
@@ -337,15 +336,12 @@ def chunked_post(port: int, path: str, key: str, total: int) -> bytes:
 
 def test_7_huge_bodies_are_refused_by_both_daemons(rbee_home: RbeeHome, tiny_model: Path) -> None:
     hive = start_hive(rbee_home)
-    wport = free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "rbee_fabric.worker", "--worker-id", "w-big", "--model", str(tiny_model),
-         "--port", str(wport)],
+    worker, wport, _ = start_on_port_0(
+        [sys.executable, "-m", "rbee_fabric.worker", "--worker-id", "w-big", "--model", str(tiny_model), "--port", "0"],
         env={**rbee_home.env, "RBEE_API_KEY": hive.api_key, "RBEE_WORKER_ENGINE": "scripted"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_http(f"http://127.0.0.1:{wport}/v1/health", proc=worker)  # type: ignore[arg-type]
+        wait_http(f"http://127.0.0.1:{wport}/v1/health", proc=worker)
         for pid, port, path in ((worker.pid, wport, "/v1/inference"), (hive.proc.pid, hive.port, "/v1/workers/spawn")):
             before = rss_mb(pid)
             answer = chunked_post(port, path, hive.api_key, 200 << 20)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -14,21 +13,19 @@ import httpx
 import pytest
 
 from tests.conftest import RbeeHome
-from tests.support.procs import free_port, wait_http
+from tests.support.procs import start_on_port_0, wait_http
 
 
 class Worker:
     def __init__(self, home: RbeeHome, model: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.key = home.api_key
         self.headers = {"Authorization": f"Bearer {self.key}"}
-        self.proc = subprocess.Popen(
+        self.proc, self.port, self.output = start_on_port_0(
             [sys.executable, "-m", "rbee_fabric.worker", "--worker-id", "w-test",
-             "--model", str(model), "--port", str(self.port)],
+             "--model", str(model), "--port", "0"],
             env={**home.env, "RBEE_API_KEY": self.key, **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
         wait_http(f"{self.url}/v1/health", proc=self.proc)
 
     def wait_ready(self) -> None:
@@ -116,7 +113,10 @@ def test_second_generation_waits_its_turn_then_cancel(slow_worker: Worker) -> No
 
     t = threading.Thread(target=first)
     t.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 20  # the long one holds the slot before the second asks
+    while httpx.get(f"{slow_worker.url}/v1/ready", headers=slow_worker.headers).json()["state"] != "busy":
+        assert time.monotonic() < deadline, "the first generation never started"
+        time.sleep(0.02)
     second: list[dict | str] = []
     body = {"prompt": "y", "max_tokens": 2}
     with httpx.stream("POST", f"{slow_worker.url}/v1/inference", json=body, headers=slow_worker.headers,

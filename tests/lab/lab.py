@@ -97,8 +97,10 @@ def _authorize(n: LabNode, pubkey: str) -> None:
         shutil.chown(p, n.user, n.user)
 
 
-def _sshd_config(n: LabNode, lab_dir: Path) -> Path:
+def _sshd_config(n: LabNode, lab_dir: Path, sftp: bool = True) -> Path:
     cfg = n.dir / "sshd_config"
+    # sftp=False: a node whose sshd has no SFTP subsystem (it cannot copy files).
+    subsystem = "Subsystem sftp internal-sftp" if sftp else "# no SFTP subsystem"
     cfg.write_text(
         f"""ListenAddress {n.address}:{n.port}
 HostKey {n.host_key}
@@ -113,7 +115,7 @@ AllowTcpForwarding yes
 AllowAgentForwarding no
 X11Forwarding no
 PrintMotd no
-Subsystem sftp internal-sftp
+{subsystem}
 LogLevel VERBOSE
 """
     )
@@ -137,9 +139,9 @@ def read_state(lab_dir: Path = DEFAULT_DIR) -> dict:
         return {"nodes": {}}
 
 
-def start_sshd(n: LabNode, lab_dir: Path = DEFAULT_DIR) -> int:
-    """Start (or restart) one node's sshd; returns its pid."""
-    cfg = _sshd_config(n, lab_dir)
+def start_sshd(n: LabNode, lab_dir: Path = DEFAULT_DIR, sftp: bool = True) -> int:
+    """Start (or restart) one node's sshd (sftp=False: without SFTP); returns its pid."""
+    cfg = _sshd_config(n, lab_dir, sftp)
     log = open(n.dir / "sshd.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
-from tests.support.procs import free_port, wait_http
+from tests.support.procs import LISTENING, wait_http
 
 KEY = "test-gateway-key-0123456789abcdef"
 
@@ -46,16 +48,22 @@ class Gateway:
 
 
 def start_gateway(env: dict[str, str], log_dir: Path, *args: str, key: str | None = KEY) -> Gateway:
-    port = free_port()
-    log = log_dir / f"serve-{port}.log"
+    """`rbee serve --port 0`; the port it bound is read from its "listening on" log line."""
+    log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log", dir=log_dir)[1])
     full_env = dict(env)
     if key is not None:
         full_env["RBEE_SERVE_API_KEY"] = key
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rbee_fabric.cli", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "rbee_fabric.cli", "serve", "--port", "0", *args],
             env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not (m := LISTENING.search(log.read_text(errors="replace"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"rbee serve did not start:\n{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{m.group(1)}"
     wait_http(f"{url}/health", timeout=60, proc=proc)
     return Gateway(url=url, key=key or "", proc=proc, log=log)

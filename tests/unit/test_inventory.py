@@ -59,7 +59,9 @@ def test_duplicate_node_is_an_error(tmp_path: Path) -> None:
 def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
     with pytest.raises(InventoryError) as exc:
         inventory.load(str(tmp_path / "nope.toml"))
-    assert "hosts.example.toml" in (exc.value.hint or "")
+    # A pip user has no hosts.example.toml: the hint is a command that writes a starter.
+    assert exc.value.hint == f"write a commented starter there: rbee --inventory {tmp_path / 'nope.toml'} nodes init"
+    assert exc.value.exit_code == 2
 
 
 def test_resolution_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

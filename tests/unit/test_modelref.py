@@ -36,3 +36,21 @@ def test_unknown_alias_is_model_not_found_never_a_fallback() -> None:
         modelref.parse("llama-9000")
     assert "llama-9000" in exc.value.message
     assert "hf:ORG/REPO" in (exc.value.hint or "")
+
+
+@pytest.mark.parametrize("raw", ["./model.gguf", "/abs/model.gguf", "model.gguf", "ollama:llama3", "a b", "http://x/y.gguf"])
+def test_a_path_url_or_other_scheme_is_malformed_exit_2(raw: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        modelref.parse(raw)
+    assert exc.value.exit_code == 2 and "malformed model reference" in exc.value.message
+    if raw.endswith(".gguf") and not raw.startswith("http"):
+        assert "file:/abs/path/model.gguf" in exc.value.hint
+
+
+@pytest.mark.parametrize("raw", ["llama9-70b", "meta-llama/Llama-3.2-1B"])
+def test_a_well_formed_name_nobody_has_is_model_not_found_exit_1(raw: str) -> None:
+    with pytest.raises(ModelNotFound) as exc:
+        modelref.parse(raw)
+    assert exc.value.exit_code == 1 and raw in exc.value.message
+    if "/" in raw:
+        assert f"hf:{raw}" in exc.value.hint
