@@ -173,3 +173,18 @@ def test_ctrl_c_anywhere_in_a_command_exits_130() -> None:
 def test_click_usage_errors_keep_their_own_message_and_exit_2() -> None:
     r = CliRunner().invoke(_cli_raising(typer.BadParameter("not a number")), ["boom"])
     assert r.exit_code == 2 and "not a number" in r.stderr
+
+
+def test_a_registry_that_cannot_be_opened_is_config_invalid_outside_any_flow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`workers list` opens the registry before its flow runs: still one line and a Suggestion."""
+    from rbee_fabric.cli.app import app
+
+    (tmp_path / "registry.db").mkdir()  # a directory where the database file should be
+    monkeypatch.setenv("RBEE_DATA_DIR", str(tmp_path))
+    r = CliRunner().invoke(app, ["workers", "list"])
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"error CONFIG_INVALID: cannot use the registry {tmp_path / 'registry.db'}: unable to open database file"
+    )
+    assert r.stderr.splitlines()[1].startswith(f"Suggestion: {tmp_path} must be a directory you can write")
+    assert "Traceback" not in r.stderr
