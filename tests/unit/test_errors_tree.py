@@ -188,3 +188,39 @@ def test_a_registry_that_cannot_be_opened_is_config_invalid_outside_any_flow(tmp
     )
     assert r.stderr.splitlines()[1].startswith(f"Suggestion: {tmp_path} must be a directory you can write")
     assert "Traceback" not in r.stderr
+
+
+async def test_a_newer_hive_with_more_health_fields_reads_as_version_mismatch() -> None:
+    """Version skew: a hive that adds health fields (and another status word) still
+    proves its key and parses, so the keeper says VERSION_MISMATCH, not a validation error."""
+    from rbee_fabric.httpserver import health_proof
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.client import HiveClient
+
+    key = "k" * 32
+    newer = FastAPI()
+
+    @newer.get("/v1/health")
+    async def health(nonce: str | None = None) -> dict[str, object]:
+        return {"status": "degraded", "version": "9.0.0", "api_version": "2", "gpu_temp_c": 61,
+                "uptime_s": 12.5, **health_proof(key, nonce)}  # fmt: skip
+
+    @newer.get("/v1/models")
+    async def models() -> dict[str, object]:
+        return {"catalog": []}  # a renamed field: an answer this keeper cannot read
+
+    hive = HiveClient("http://mac.home.arpa:9200", key, "mac", "~/.config/rbee/api_key")
+    await hive.http.aclose()
+    hive.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=newer), base_url=hive.base_url)
+    try:
+        got = await hive.health()
+        assert got.version == "9.0.0"
+        with pytest.raises(errors.VersionMismatch) as exc:
+            hivectl.check_version(got, "mac")
+        with pytest.raises(errors.VersionMismatch) as unreadable:
+            await hive.models()
+    finally:
+        await hive.aclose()
+    assert "9.0.0" in exc.value.message and exc.value.hint == "upgrade the node: rbee nodes install mac --upgrade"
+    assert "answered in a form this keeper" in unreadable.value.message
+    assert unreadable.value.hint == "install the keeper's version on the node: rbee nodes install mac --upgrade"
