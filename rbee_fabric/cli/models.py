@@ -49,7 +49,7 @@ def models_list(
 
 
 @app.command("pull")
-def models_pull(model: Annotated[str, typer.Argument(help="model reference")], node: NodeOpt = "localhost") -> None:
+def models_pull(model: Annotated[str, typer.Argument(metavar="MODEL", help="model reference, as --model takes it")], node: NodeOpt = "localhost") -> None:
     """Fetch MODEL into NODE's catalog, with a progress bar."""
     from rbee_fabric.cli.modeltable import size_text
     from rbee_fabric.cli.ui import TerminalReporter, err
@@ -91,7 +91,7 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
 
 @app.command("push", short_help="Copy a model to NODE over SFTP, verify and register it.")
 def models_push(
-    model: Annotated[str, typer.Argument(help="a local .gguf path, or a model in this machine's catalog")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="a local .gguf path, or a model in this machine's catalog")],
     node: NodeOpt,
 ) -> None:
     """Copy a model this machine has to NODE over SFTP, verify it and register it."""
@@ -118,7 +118,7 @@ def models_push(
 
 @app.command("rm", short_help="Remove a model from NODE's catalog (and the file rbee put).")
 def models_rm(
-    model: Annotated[str, typer.Argument(help="model id, or reference as --model takes it (see `rbee models list`)")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model id, or reference as --model takes it (see `rbee models list`)")],
     node: NodeOpt = "localhost",
 ) -> None:
     """Remove a model from NODE's catalog (and its file, if rbee downloaded it)."""

@@ -170,9 +170,27 @@ def test_ctrl_c_anywhere_in_a_command_exits_130() -> None:
     assert r.exit_code == 130 and r.stderr.strip() == "Canceled."
 
 
-def test_click_usage_errors_keep_their_own_message_and_exit_2() -> None:
-    r = CliRunner().invoke(_cli_raising(typer.BadParameter("not a number")), ["boom"])
-    assert r.exit_code == 2 and "not a number" in r.stderr
+def test_click_usage_errors_read_like_every_other_error_exit_2() -> None:
+    from rbee_fabric.cli.app import app
+
+    for args, message, where in (
+        (["infer", "-m", "gemma3-270m", "--max-tokens", "0"], "Invalid value for '--max-tokens'", "rbee infer"),
+        (["--bogus"], "No such option: --bogus", "rbee"),
+        (["modls", "list"], "No such command 'modls'. Did you mean 'models'", "rbee"),
+        (["models", "pull"], "Missing argument 'MODEL'.", "rbee models pull"),
+    ):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, r.stderr
+        first, suggestion = r.stderr.splitlines()
+        assert first.startswith(f"error INVALID_REQUEST: {message}"), first
+        assert suggestion == f"Suggestion: {where} --help lists its options and arguments"
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    from rbee_fabric.cli.app import app
+
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 2 and "Commands:" in r.output and "pull" in r.output
 
 
 def test_a_registry_that_cannot_be_opened_is_config_invalid_outside_any_flow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
