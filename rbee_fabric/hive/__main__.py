@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.umask(0o077)  # logs, catalog and models are private to this user
+    # First: the worker template imports llama_cpp while this process imports the rest.
+    from rbee_fabric.hive.forker import Template
+
+    template = Template.start()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         key_file=str(paths.api_key_file()),
         idle_timeout_s=args.idle_timeout,
         worker_ports=args.worker_ports,
+        template=template,
     )
     pidfile.write_hive(settings.port)
     try:
