@@ -95,7 +95,8 @@ class Supervisor:
         self.workers: dict[str, _Worker] = {}
         self.exited: OrderedDict[str, dict[str, object]] = OrderedDict()
         # No default key: it goes only to a worker that proved it holds it (_keyed).
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        # Plain HTTP to local workers: no TLS context to build at start (verify=False).
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0), verify=False)
         self._reaper: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[bool]] = set()
 
