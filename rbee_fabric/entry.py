@@ -29,6 +29,7 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
     """Serve `rbee infer` on the lean path and exit; else the args for the full path."""
     from rbee_fabric.keeper import fastpath, fastpath_args
     from rbee_fabric.keeper.fastpath_net import Fallback
+    from rbee_fabric.keeper.fastpath_node import LocalNode
 
     lean = fastpath_args.parse(args)
     if lean is None:
@@ -43,9 +44,24 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
         if prompt is None:
             return args
         plan = fastpath.plan(lean)
-    except Fallback:
+    except Fallback as exc:
+        if isinstance(exc.node, LocalNode) and lean.start_hive:
+            _start_hive_early(exc.node)
         return args
     except KeyboardInterrupt:
         sys.stderr.write("Canceled.\n")
         raise SystemExit(130) from None
     raise SystemExit(fastpath.run(plan, started))
+
+
+def _start_hive_early(node: object) -> None:
+    """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py)."""
+    import contextlib
+
+    from rbee_fabric.keeper.fastpath_hive import start_early
+    from rbee_fabric.keeper.fastpath_node import LocalNode
+    from rbee_fabric.keeper.fastpath_out import Output
+
+    assert isinstance(node, LocalNode)
+    with contextlib.suppress(Exception):  # the full path tries again and says what fails
+        start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim)

@@ -22,6 +22,7 @@ from typing import IO, Any, Protocol
 log = logging.getLogger("rbee.hive")
 
 READY_WAIT_S = 60.0
+ARGV_ROOM = 4096  # as template.ARGV_ROOM (not imported: the hive need not load it)
 
 
 class WorkerProc(Protocol):
@@ -86,7 +87,8 @@ class Template:
             return None
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rbee_fabric.hive.template"],
+                # The padding argument reserves room for a forked worker's command line.
+                [sys.executable, "-m", "rbee_fabric.hive.template", "-" * ARGV_ROOM],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
@@ -152,6 +154,9 @@ class Template:
                 await asyncio.wait_for(self._ready.wait(), READY_WAIT_S)
         if self._dead or not self._ready.is_set() or self.proc.stdin is None:
             return None
+        title = [sys.executable, "-m", "rbee_fabric.worker", *argv]
+        if sum(len(a.encode()) + 1 for a in title) > ARGV_ROOM:
+            return None  # its command line would not fit: started the old way
         async with self._lock:
             fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._pending.append(fut)

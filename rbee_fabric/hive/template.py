@@ -4,6 +4,9 @@ The hive starts it first thing (`python -m rbee_fabric.hive.template`), so
 `import llama_cpp`, fastapi and uvicorn happen while the hive itself starts,
 once. Each worker is then a fork of it: no new interpreter, no imports.
 
+A forked worker rewrites its command line to the one a started worker has
+(set_cmdline), so every tool that finds workers by it still does.
+
 Protocol: JSON lines. The template writes {"ready": true} once imported,
 then reads {"argv", "env", "log", "name"} lines (one per worker) and answers
 each with {"pid": N} (or {"error": "..."}); whenever a worker exits it writes
@@ -39,10 +42,31 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _set_name(name: str) -> None:
-    """The worker id as the process name (/proc/PID/comm): pidfile.is_worker reads it."""
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as fh:
-        fh.write(name[:15])
+TEMPLATE_TITLE = "rbee_fabric-worker-template"
+ARGV_ROOM = 4096  # bytes of command line reserved for a forked worker's (see set_cmdline)
+
+
+def set_cmdline(args: list[str]) -> bool:
+    """Make /proc/self/cmdline read args (Linux): ps, psutil and pidfile.is_worker see a
+    forked worker exactly as a started one. The kernel shows the memory between
+    arg_start and arg_end (/proc/self/stat fields 48, 49), which CPython no longer
+    uses once started: args are written there, padded with NULs; False if they do
+    not fit (the hive reserves ARGV_ROOM bytes with a padding argument)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, ValueError, IndexError):
+        return False
+    data = b"\0".join(a.encode() for a in args) + b"\0"
+    size = end - start
+    if not 0 < len(data) <= size:
+        return False
+    ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
+    return True
 
 
 def _send(msg: dict[str, Any]) -> None:
@@ -76,7 +100,7 @@ def _child(req: dict[str, Any], wake_r: int, wake_w: int) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         os.environ["RBEE_HIVE_PID"] = str(os.getppid())  # the worker ends with the template
-        _set_name(req.get("name", "rbee-worker"))
+        set_cmdline([sys.executable, "-m", "rbee_fabric.worker", *req["argv"]])
         sys.argv = ["llm-worker-rbee", *req["argv"]]
         from rbee_fabric.worker.__main__ import main
 
@@ -140,6 +164,7 @@ def serve() -> int:
 
 
 def main() -> int:
+    set_cmdline([sys.executable, TEMPLATE_TITLE])  # neither a hive nor a worker to ps
     if sys.platform.startswith("linux"):
         _die_with_parent()
         if os.getppid() == 1:

@@ -65,8 +65,8 @@ def plan(args: LeanArgs) -> Plan:
     if not _request_fits(args):
         raise Fallback("request out of the worker's limits")
     node = local_node(args.node, args.inventory or os.environ.get("RBEE_INVENTORY") or None)
-    if node is None or node.max_replicas > 1:
-        raise Fallback("not a plain local node")
+    if node is None:
+        raise Fallback("not a local node")
     from rbee_fabric import modelref
     from rbee_fabric.errors import RbeeError
 
@@ -74,6 +74,18 @@ def plan(args: LeanArgs) -> Plan:
         ref = modelref.parse(args.model).canonical
     except RbeeError:
         raise Fallback("bad model reference") from None
+    try:
+        if node.max_replicas > 1:
+            raise Fallback("several replicas: the hive picks the worker")
+        return _plan_on(args, node, ref)
+    except Fallback as exc:
+        exc.node = node  # the command is for this machine: its hive may start early
+        raise
+
+
+def _plan_on(args: LeanArgs, node: LocalNode, ref: str) -> Plan:
+    from rbee_fabric.errors import RbeeError
+
     try:
         api_key = paths.read_api_key()
     except RbeeError:

@@ -22,7 +22,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Fallback(Exception):
-    """The lean path cannot serve this command: the full path takes over."""
+    """The lean path cannot serve this command: the full path takes over.
+
+    `node` is set once the command is known to run on this machine's node
+    (then the hive may be started early, see fastpath_hive.py).
+    """
+
+    node: object = None
 
 
 class HttpError(Exception):
@@ -93,7 +99,7 @@ class Daemon:
         self.conn.request(method, path, body=payload, headers=headers)
 
     def stream(self, path: str, body: Any, timeout: float | None) -> Iterator[dict[str, Any] | str]:
-        """POST and yield the SSE payloads (a dict, or "[DONE]").
+        """POST and yield the SSE payloads (a dict, or "[DONE]"; {} for a heartbeat).
 
         Raises HttpError for an error status, OSError/HTTPException when the
         stream breaks (the caller decides what that means: tokens may be out).
@@ -117,6 +123,8 @@ class Daemon:
             line = raw.decode("utf-8").rstrip("\r\n")
             if line.startswith("data:"):
                 buf.append(line[5:].lstrip(" "))
+            elif line.startswith(":"):
+                yield {}  # a heartbeat (": waiting"): the caller checks its deadlines
             elif line == "" and buf:
                 payload = "\n".join(buf)
                 buf.clear()

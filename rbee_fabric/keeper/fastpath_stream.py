@@ -40,6 +40,11 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
             for event in p.worker.stream("/v1/inference", body, timeout=None):
                 if not isinstance(event, dict):
                     break  # [DONE]
+                if first is None and waiting_since is not None:
+                    left = waiting_since + a.queue_timeout - time.monotonic()
+                    if left <= 0:
+                        raise _QueueDeadline
+                    p.worker.set_timeout(left)
                 if "token" in event:
                     if first is None:
                         first = time.monotonic()
@@ -52,10 +57,7 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
                     out.info(f"queued (position {event.get('position')})")
                     if waiting_since is None:
                         waiting_since = time.monotonic()
-                    left = waiting_since + a.queue_timeout - time.monotonic()
-                    if left <= 0:
-                        raise _QueueDeadline
-                    p.worker.set_timeout(left)
+                        p.worker.set_timeout(a.queue_timeout)
                 elif event.get("done"):
                     done = event
                 elif "error" in event:

@@ -111,9 +111,12 @@ def test_workers_fork_from_the_template_and_go_with_the_hive(rbee_home: RbeeHome
     assert r.returncode == 0, r.stderr
     wid = json.loads(r.stdout)["worker_id"]
     worker = json.loads(rbee_home.run("workers", "list", "--json").stdout)[0]
+    # Forked from the template (its parent), and to ps a worker like any other.
+    stat = Path(f"/proc/{worker['pid']}/stat").read_text()
+    parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+    assert Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[1] == b"rbee_fabric-worker-template"
     cmdline = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().split(b"\0")
-    assert b"rbee_fabric.hive.template" in cmdline  # forked, not a new interpreter
-    assert Path(f"/proc/{worker['pid']}/comm").read_text().strip() == wid[:15]
+    assert cmdline[1:5] == [b"-m", b"rbee_fabric.worker", b"--worker-id", wid.encode()]
     from rbee_fabric import pidfile
 
     assert pidfile.is_worker(worker["pid"], wid)
