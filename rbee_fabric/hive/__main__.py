@@ -37,17 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.umask(0o077)  # logs, catalog and models are private to this user
-    # First: the worker template imports llama_cpp while this process imports the rest.
-    from rbee_fabric.hive.forker import Template
-
-    template = Template.start()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.hive.app import HiveSettings, create_app
+    from rbee_fabric.hive.forker import Template
     from rbee_fabric.httpserver import bind_socket, serve
+
+    # The worker template: a fork of this process now (its imports done, no thread
+    # started, no socket bound); it imports llama_cpp while this one goes on.
+    template = Template.start()
 
     data = paths.ensure_dir(paths.data_dir())
     try:

@@ -1,4 +1,4 @@
-"""The hive's side of the worker template (template.py): start it, fork workers from it.
+"""The hive's side of the worker template (template.py): fork it, fork workers from it.
 
 A worker forked from the template is a grandchild of the hive; ForkedProcess
 gives the supervisor the same handle an asyncio subprocess does (pid,
@@ -14,15 +14,14 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any, Protocol
 
 log = logging.getLogger("rbee.hive")
 
 READY_WAIT_S = 60.0
-ARGV_ROOM = 4096  # as template.ARGV_ROOM (not imported: the hive need not load it)
 
 
 class WorkerProc(Protocol):
@@ -70,11 +69,14 @@ def enabled() -> bool:
 class Template:
     """The running template process; workers are forked from it on request."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
+    def __init__(self, pid: int, req_fd: int, rep_fd: int) -> None:
+        self.pid = pid
+        self._req = req_fd
+        self._rep = rep_fd
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
         self._dead = False
+        self._closing = False
         self._pending: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
         self._procs: dict[int, ForkedProcess] = {}
         self._early: dict[int, int] = {}  # exits reported before their spawn finished
@@ -82,26 +84,25 @@ class Template:
 
     @classmethod
     def start(cls) -> Template | None:
-        """Start the template now (it imports while the hive does); None when not used."""
+        """Fork the template now; call after the hive's imports, before any thread starts."""
         if not enabled():
             return None
+        if threading.active_count() > 1:
+            log.warning("no worker template (threads are running): workers start as new processes")
+            return None
+        from rbee_fabric.hive.template import fork_template
+
         try:
-            proc = subprocess.Popen(
-                # The padding argument reserves room for a forked worker's command line.
-                [sys.executable, "-m", "rbee_fabric.hive.template", "-" * ARGV_ROOM],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            return cls(*fork_template())
         except OSError as exc:
             log.warning("no worker template (%s): workers start as new processes", exc)
             return None
-        return cls(proc)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start reading the template's reports into loop (once the hive's loop runs)."""
         self._loop = loop
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True,
+        stream = os.fdopen(self._rep, "rb")
+        threading.Thread(target=self._read, args=(stream,), daemon=True,
                          name="worker-template").start()  # fmt: skip
 
     def _read(self, stream: IO[bytes]) -> None:
@@ -133,9 +134,11 @@ class Template:
 
     def _on_eof(self) -> None:
         """The template is gone: its workers go with it (die-with-parent); make sure."""
-        if not self._dead and self.proc.poll() is None:
+        if not self._closing:
             log.warning("worker template ended early: workers start as new processes")
         self._dead = True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, os.WNOHANG)  # reap it
         self._ready.set()
         while self._pending:
             fut = self._pending.popleft()
@@ -147,30 +150,26 @@ class Template:
             p.exited(-signal.SIGKILL)
         self._procs.clear()
 
-    async def spawn(self, argv: list[str], env: dict[str, str], log_path: str, name: str) -> ForkedProcess | None:
+    async def spawn(self, argv: list[str], env: dict[str, str], log_path: str) -> ForkedProcess | None:
         """Fork a worker with argv (the worker's arguments); None: start it the old way."""
         if not self._dead and not self._ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), READY_WAIT_S)
-        if self._dead or not self._ready.is_set() or self.proc.stdin is None:
+        if self._dead or not self._ready.is_set():
             return None
-        title = [sys.executable, "-m", "rbee_fabric.worker", *argv]
-        if sum(len(a.encode()) + 1 for a in title) > ARGV_ROOM:
-            return None  # its command line would not fit: started the old way
         async with self._lock:
             fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._pending.append(fut)
-            line = json.dumps({"argv": argv, "env": env, "log": log_path, "name": name})
+            line = json.dumps({"argv": argv, "env": env, "log": log_path})
             try:
-                self.proc.stdin.write(line.encode() + b"\n")
-                self.proc.stdin.flush()
+                os.write(self._req, line.encode() + b"\n")
             except OSError:
                 self._pending.remove(fut)
                 return None
             msg = await fut
         if "pid" not in msg:
-            if self._dead:
-                return None
+            if self._dead or msg.get("fallback"):
+                return None  # started the old way
             raise OSError(str(msg.get("error", "fork failed")))
         p = ForkedProcess(int(msg["pid"]))
         if (code := self._early.pop(p.pid, None)) is not None:
@@ -180,13 +179,25 @@ class Template:
         return p
 
     async def close(self) -> None:
-        """End the template (its stdin closes); its workers were stopped before."""
-        self._dead = True
+        """End the template (its request pipe closes); its workers were stopped before."""
+        self._closing = self._dead = True
         with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        try:
-            await asyncio.to_thread(self.proc.wait, 5.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            await asyncio.to_thread(self.proc.wait)
+            os.close(self._req)
+        await asyncio.to_thread(self._reap, 5.0)
+
+    def _reap(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return  # reaped already
+            if pid:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.02)

@@ -151,9 +151,8 @@ class Supervisor:
         env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1",
                "RBEE_HIVE_PID": str(os.getpid())}  # the worker ends when the hive does  # fmt: skip
         if self.s.template is not None:  # a fork of the pre-imported template (template.py)
-            wid = cmd[cmd.index("--worker-id") + 1]
             try:
-                forked = await self.s.template.spawn(cmd[3:], env, str(log_path), wid)
+                forked = await self.s.template.spawn(cmd[3:], env, str(log_path))
             except OSError as exc:
                 raise WorkerStartFailed(f"cannot start the worker: {exc}") from exc
             if forked is not None:

@@ -109,12 +109,19 @@ def test_workers_fork_from_the_template_and_go_with_the_hive(rbee_home: RbeeHome
     rbee_home.local_node()
     r = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--prompt", "x", "--max-tokens", "3", "--json")
     assert r.returncode == 0, r.stderr
-    wid = json.loads(r.stdout)["worker_id"]
+    try:
+        _check_forked_worker(rbee_home, json.loads(r.stdout)["worker_id"])
+    except BaseException:
+        rbee_home.run("hive", "stop", "localhost")
+        raise
+
+
+def _check_forked_worker(rbee_home: RbeeHome, wid: str) -> None:
     worker = json.loads(rbee_home.run("workers", "list", "--json").stdout)[0]
     # Forked from the template (its parent), and to ps a worker like any other.
     stat = Path(f"/proc/{worker['pid']}/stat").read_text()
     parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-    assert Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[1] == b"rbee_fabric-worker-template"
+    assert Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0] == b"rbee_fabric-worker-template"
     cmdline = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().split(b"\0")
     assert cmdline[1:5] == [b"-m", b"rbee_fabric.worker", b"--worker-id", wid.encode()]
     from rbee_fabric import pidfile
