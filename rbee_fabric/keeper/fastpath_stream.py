@@ -165,11 +165,7 @@ def _fail_envelope(body: Any, status: int | None = None) -> NoReturn:
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    """Print exc exactly as the full path's CLI does (cli/ui.py run), and exit."""
-    from rbee_fabric.cli.ui import run
+    """Print exc exactly as the full path's CLI does (cli/ui.py report), and exit."""
+    from rbee_fabric.cli.ui import report
 
-    async def raise_it() -> None:
-        raise exc
-
-    run(raise_it())
-    raise SystemExit(1)  # run() always exits for an exception
+    report(exc)
