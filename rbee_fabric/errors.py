@@ -32,6 +32,7 @@
     ├── LoadingTimeout             LOADING_TIMEOUT (504)
     ├── RequestCanceled            REQUEST_CANCELED (499, exit 130)
     ├── NotInstalled               NOT_INSTALLED (rbee-fabric missing on a node)
+    ├── UnknownNode                UNKNOWN_NODE (404, not in the inventory nor the SSH config, exit 2)
     ├── InstallFailed              INSTALL_FAILED (building or installing the wheels failed)
     ├── NotFound                   NOT_FOUND (404, no such path or job on the daemon)
     ├── MethodNotAllowed           METHOD_NOT_ALLOWED (405)
@@ -306,6 +307,14 @@ class RequestCanceled(RbeeError):
     default_hint = "the generation was stopped on the worker; run the command again to retry"
 
 
+class UnknownNode(RbeeError):
+    """A --node name that neither the inventory nor the SSH config knows, and no fallback resolves."""
+
+    code = "UNKNOWN_NODE"
+    http_status = 404
+    exit_code = EXIT_USAGE
+    default_hint = "add the node to the inventory (`rbee nodes init` writes a starter one) or a Host entry to ~/.ssh/config"
+
 
 class NotInstalled(RbeeError):
     code = "NOT_INSTALLED"
@@ -365,36 +374,6 @@ def _tree(base: type[RbeeError]) -> list[type[RbeeError]]:
 _BY_CODE: dict[str, type[RbeeError]] = {cls.code: cls for cls in _tree(RbeeError)}
 _BY_CODE["INTERNAL_ERROR"] = InternalError
 ALL_ERRORS: tuple[type[RbeeError], ...] = tuple(c for c in _BY_CODE.values())
-
-_DISK_WORDS = ("disk i/o error", "database or disk is full", "no space left on device")
-
-
-def disk_error(exc: BaseException, where: str = "the rbee data directory") -> DiskError | None:
-    """A DiskError for a full or failing disk (SQLite or OS error), else None."""
-    import errno
-
-    text = str(exc).lower()
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-        pass
-    elif type(exc).__name__ not in ("OperationalError", "DatabaseError") or not any(
-        w in text for w in _DISK_WORDS
-    ):
-        return None
-    return DiskError(
-        f"cannot write to {where}: {exc}",
-        hint=f"the disk of {where} is full or failing: free space there (df -h), then retry",
-        details={"where": where, "reason": str(exc)},
-    )
-
-
-def http_error(status: int, detail: str) -> RbeeError:
-    """The web framework's own HTTP errors (no route, wrong method) as tree errors."""
-    if status == 404:
-        return NotFound(detail, details={"status": status})
-    if status == 405:
-        return MethodNotAllowed(detail, details={"status": status})
-    return HttpError(detail, details={"status": status})
-
 
 def error_class(code: str) -> type[RbeeError]:
     """The error class for a wire code (unknown codes become InternalError)."""

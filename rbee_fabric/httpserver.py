@@ -19,14 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rbee_fabric import proof
+from rbee_fabric.errormap import disk_error, http_error
 from rbee_fabric.errors import (
     InternalError,
     InvalidApiKey,
     RbeeError,
     RequestTooLarge,
     UsageError,
-    disk_error,
-    http_error,
 )
 
 log = logging.getLogger("rbee")

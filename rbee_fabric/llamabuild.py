@@ -1,13 +1,22 @@
 """Which backend the installed llama-cpp-python was built for.
 
-Dependency-free on purpose: `rbee nodes check` runs it on every node in a
-fresh interpreter, where importing pydantic or llama_cpp would cost more than
-the whole check.
+Dependency-free on purpose (the hive runs it in every resource report).
+`rbee nodes check` applies the same rule (`backend_from_libs`) to the file
+names its probe lists on a node.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+
+BACKENDS = ("cuda", "metal", "vulkan", "hip", "sycl")
+
+
+def backend_from_libs(names: Iterable[str]) -> str:
+    """The backend named by llama-cpp-python's shared libraries (libggml-cuda.so, ...), else cpu."""
+    joined = " ".join(names).lower()
+    return next((b for b in BACKENDS if f"ggml-{b}" in joined), "cpu")
 
 
 def llama_build_backend() -> str:
@@ -22,8 +31,4 @@ def llama_build_backend() -> str:
     if spec is None or not spec.origin:
         return "missing"
     lib_dir = os.path.join(os.path.dirname(spec.origin), "lib")
-    names = " ".join(os.listdir(lib_dir)).lower() if os.path.isdir(lib_dir) else ""
-    for backend in ("cuda", "metal", "vulkan", "hip", "sycl"):
-        if f"ggml-{backend}" in names:
-            return backend
-    return "cpu"
+    return backend_from_libs(os.listdir(lib_dir) if os.path.isdir(lib_dir) else [])

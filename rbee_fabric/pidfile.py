@@ -9,7 +9,8 @@ never gets that process signalled.
 
 `python -m rbee_fabric.pidfile hive PORT` prints the verified pid (the SSH
 transport runs it on the node); `... worker PID WORKER_ID` prints PID when
-it is that rbee worker.
+it is that rbee worker; `... alive PID...` prints those of the pids that run
+one of rbee's programs (psutil: no /proc, so it works on macOS too).
 """
 
 from __future__ import annotations
@@ -83,7 +84,17 @@ def is_hive(pid: int, port: int, started: float) -> bool:
 def is_worker(pid: int, worker_id: str) -> bool:
     """True when pid runs the rbee worker `worker_id` (ids are random, never reused)."""
     cmd = _cmdline(pid)
+    if cmd is not None and "rbee_fabric.hive.template" in cmd:
+        # Forked from the worker template (hive/template.py): it is named after its id.
+        return _comm(pid) == worker_id[:15]
     return cmd is not None and "rbee_fabric.worker" in cmd and _has_arg(cmd, "--worker-id", worker_id)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def read_hive(port: int) -> int | None:
@@ -115,6 +126,12 @@ def _read_legacy(port: int) -> int | None:
     return pid if "rbee_fabric.hive" in cmd and _has_arg(cmd, "--port", str(port)) else None
 
 
+def is_ours(pid: int) -> bool:
+    """True when pid runs one of rbee's programs (not a zombie): guards against reused pids."""
+    cmd = _cmdline(pid)
+    return cmd is not None and any("rbee_fabric" in arg for arg in cmd)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "hive" and argv[1].isdigit():
         pid = read_hive(int(argv[1]))
@@ -125,7 +142,13 @@ def main(argv: list[str]) -> int:
         if is_worker(int(argv[1]), argv[2]):
             print(argv[1])
         return 0
-    print("usage: python -m rbee_fabric.pidfile hive PORT | worker PID WORKER_ID", file=sys.stderr)
+    if len(argv) >= 1 and argv[0] == "alive" and all(a.isdigit() for a in argv[1:]):
+        for arg in argv[1:]:
+            if is_ours(int(arg)):
+                print(arg)
+        return 0
+    print("usage: python -m rbee_fabric.pidfile hive PORT | worker PID WORKER_ID | alive PID...",
+          file=sys.stderr)
     return 2
 
 

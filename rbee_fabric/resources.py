@@ -75,8 +75,9 @@ def cuda_devices() -> list[DeviceInfo]:
     return parse_nvidia_smi(out)
 
 
-def has_metal() -> bool:
-    return platform.system() == "Darwin" and platform.machine() == "arm64"
+def backends_of(cuda: bool, system: str, machine: str) -> list[str]:
+    """The backends a node offers: cpu, cuda where nvidia-smi lists devices, metal on Apple silicon."""
+    return ["cpu"] + (["cuda"] if cuda else []) + (["metal"] if (system, machine) == ("Darwin", "arm64") else [])
 
 
 def disk_free_mb(path: Path) -> int:
@@ -88,12 +89,9 @@ def disk_free_mb(path: Path) -> int:
 def gather(models_dir: Path, llama_backend: str) -> Resources:
     total, avail = ram_mb()
     devices: dict[str, list[DeviceInfo]] = {}
-    backends = ["cpu"]
     if cuda := cuda_devices():
-        backends.append("cuda")
         devices["cuda"] = cuda
-    if has_metal():
-        backends.append("metal")
+    backends = backends_of(bool(cuda), platform.system(), platform.machine())
     return Resources(
         ram_total_mb=total,
         ram_available_mb=avail,

@@ -21,15 +21,10 @@ def hive_start(
     """Start the hive on NODE (no-op when it already runs) and wait until healthy."""
     from rbee_fabric.cli.ui import TerminalReporter, err
     from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
-            try:
-                await hivectl.ensure_hive(t, hive, TerminalReporter(), idle_timeout=idle_timeout)
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory, TerminalReporter(), idle_timeout=idle_timeout) as (t, _):
             return await hivectl.status(t)
 
     st = run_flow(main())

@@ -21,17 +21,11 @@ def models_list(
 ) -> None:
     """List the models in NODE's catalog (starting its hive, as infer does)."""
     from rbee_fabric.cli.ui import TerminalReporter
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
-            try:
-                await hivectl.ensure_hive(t, hive, TerminalReporter())
-                return (await hive.models()).models
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory, TerminalReporter()) as (_, hive):
+            return (await hive.models()).models
 
     models = run_flow(main())
     if as_json:
@@ -54,16 +48,13 @@ def models_pull(model: Annotated[str, typer.Argument(metavar="MODEL", help="mode
     from rbee_fabric.cli.modeltable import size_text
     from rbee_fabric.cli.ui import TerminalReporter, err
     from rbee_fabric.errors import DownloadFailed, from_envelope
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     reporter = TerminalReporter()
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.connect_hive(t)
+        async with node_hive(node, G.inventory, reporter) as (_, hive):
             try:
-                await hivectl.ensure_hive(t, hive, reporter)
                 started = await hive.ensure_model(model)
                 if started.model is not None:
                     return started.model, False
@@ -77,7 +68,6 @@ def models_pull(model: Annotated[str, typer.Argument(metavar="MODEL", help="mode
                             return p.model, True
             finally:
                 reporter.close_bar()
-                await hive.aclose()
         raise DownloadFailed(
             f"the download of {model} on {node} ended without a result",
             hint=f"see why in rbee hive logs {node}; pulling again resumes the download",
@@ -99,13 +89,12 @@ def models_push(
     from rbee_fabric.errors import UsageError
     from rbee_fabric.keeper.push import push
     from rbee_fabric.keeper.session import node_transport
-    from rbee_fabric.keeper.ssh import SshTransport
 
     reporter = TerminalReporter()
 
     async def main() -> Any:
         async with node_transport(node, G.inventory) as t:
-            if not isinstance(t, SshTransport):
+            if t.node.local:
                 raise UsageError(f"{node} is this machine: nothing to push", hint="use rbee models pull")
             try:
                 return await push(t, model, reporter)
@@ -125,16 +114,11 @@ def models_rm(
     from urllib.parse import quote
 
     from rbee_fabric.cli.ui import err
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> Any:
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.running_hive(t)
-            try:
-                return await hive.delete_model(quote(model, safe=":/"))  # a reference may hold ? or #
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory, running=True) as (_, hive):
+            return await hive.delete_model(quote(model, safe=":/"))  # a reference may hold ? or #
 
     ack = run_flow(main())
     err.print(ack.message or f"removed {model}")

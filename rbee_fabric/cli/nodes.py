@@ -119,13 +119,12 @@ def nodes_install(
     from rbee_fabric.cli.ui import TerminalReporter, err
     from rbee_fabric.keeper.bootstrap import install
     from rbee_fabric.keeper.session import node_transport
-    from rbee_fabric.keeper.ssh import SshTransport
 
     reporter = TerminalReporter()
 
     async def main() -> Any:
         async with node_transport(node, G.inventory) as t:
-            if not isinstance(t, SshTransport):
+            if t.node.local:
                 return None
             try:
                 return await install(t, reporter, upgrade=upgrade, force=force)
@@ -148,15 +147,14 @@ def nodes_trust(
     """Fetch NODE's SSH host key, show its fingerprint, and add it to known_hosts."""
     from rbee_fabric.cli.ui import err
     from rbee_fabric.keeper import inventory
-    from rbee_fabric.keeper.ssh import fetch_host_key, trust
+    from rbee_fabric.keeper.transport.hostkeys import fetch, trust
 
     target = run_flow(_resolve(node))
     if target.local:
         err.print(f"{node} is this machine: no SSH, nothing to trust")
         return
-    key = run_flow(fetch_host_key(target))
-    fingerprint = key.get_fingerprint()
-    err.print(f"{node} ({target.hostname}) presents {key.get_algorithm()} key {fingerprint}")
+    key = run_flow(fetch(target))
+    err.print(f"{node} ({target.hostname}) presents {key.algorithm} key {key.fingerprint}")
     if not yes and not typer.confirm("Trust this key?", err=True):
         raise typer.Exit(1)
 

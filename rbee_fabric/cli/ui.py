@@ -24,13 +24,13 @@ from rich.progress import (
 from rich.table import Column
 
 from rbee_fabric import paths
+from rbee_fabric.errormap import disk_error
 from rbee_fabric.errors import (
     EXIT_CANCELED,
     EXIT_RUNTIME,
     ConfigError,
     RbeeError,
     RequestCanceled,
-    disk_error,
 )
 
 if TYPE_CHECKING:

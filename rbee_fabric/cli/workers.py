@@ -53,8 +53,6 @@ def workers_list(
                 except RbeeError as exc:
                     rows += _unknown(registry.list(name), name, exc)
                     continue
-                finally:
-                    await hive.aclose()
                 registry.sync(name, {w.id for w in live})
                 for w in live:
                     rows.append({"node": name, "model": w.model_reference,
@@ -91,16 +89,12 @@ def workers_health(node: NodeOpt = "localhost") -> None:
     """Probe every worker of NODE."""
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport
+    from rbee_fabric.keeper.session import node_hive
 
     async def main() -> int:
         bad = 0
-        async with node_transport(node, G.inventory) as t:
-            hive = await hivectl.running_hive(t)
-            try:
-                workers = (await hive.workers()).workers
-            finally:
-                await hive.aclose()
+        async with node_hive(node, G.inventory, running=True) as (t, hive):
+            workers = (await hive.workers()).workers
             for w in workers:
                 client = await hivectl.connect_worker(t, w.url)
                 started = time.monotonic()
@@ -128,8 +122,7 @@ def workers_shutdown(
     """Stop one worker."""
     from rbee_fabric.cli.ui import err
     from rbee_fabric.errors import WorkerNotFound
-    from rbee_fabric.keeper import hivectl
-    from rbee_fabric.keeper.session import node_transport, open_registry
+    from rbee_fabric.keeper.session import node_hive, open_registry
 
     registry = open_registry()
     try:
@@ -142,12 +135,8 @@ def workers_shutdown(
             )
 
         async def main() -> None:
-            async with node_transport(target, G.inventory) as t:
-                hive = await hivectl.running_hive(t)
-                try:
-                    await hive.shutdown_worker(worker_id)
-                finally:
-                    await hive.aclose()
+            async with node_hive(target, G.inventory, running=True) as (_, hive):
+                await hive.shutdown_worker(worker_id)
 
         try:
             run_flow(main())

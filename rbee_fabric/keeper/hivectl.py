@@ -42,6 +42,16 @@ async def connect_hive(t: Transport) -> HiveClient:
     return HiveClient(url, await t.api_key(), t.node.name, t.key_location())
 
 
+@contextlib.asynccontextmanager
+async def hive_client(t: Transport) -> AsyncIterator[HiveClient]:
+    """A client for the node's hive, closed on the way out."""
+    hive = await connect_hive(t)
+    try:
+        yield hive
+    finally:
+        await hive.aclose()
+
+
 async def connect_worker(t: Transport, url: str) -> WorkerClient:
     """A client for a worker of the node, reached the way the transport reaches it."""
     return WorkerClient(await t.reach(url), await t.api_key(), t.node.name, t.key_location())
@@ -218,9 +228,8 @@ class HiveStatus:
 
 
 async def status(t: Transport) -> HiveStatus:
-    hive = await connect_hive(t)
     address = f"{t.node.name} {await t.hive_url()}"
-    try:
+    async with hive_client(t) as hive:
         pid = await t.hive_pid()
         try:
             health = await proven_health(t, hive, 3.0)
@@ -234,8 +243,6 @@ async def status(t: Transport) -> HiveStatus:
         except RbeeError as exc:
             error = str(exc)
         return HiveStatus(True, pid, address, health.version, workers, error)
-    finally:
-        await hive.aclose()
 
 
 async def stop(t: Transport, known: list[tuple[int, str]] | None = None) -> tuple[bool, int]:
@@ -245,8 +252,7 @@ async def stop(t: Transport, known: list[tuple[int, str]] | None = None) -> tupl
     whose hive is gone are found by them, each verified to still be that
     worker before it is signalled.
     """
-    hive = await connect_hive(t)
-    try:
+    async with hive_client(t) as hive:
         worker_pids: list[int] = []
         with contextlib.suppress(RbeeError):  # hive down, not ours, or key refused
             worker_pids = [w.pid for w in (await hive.workers()).workers]
@@ -268,5 +274,3 @@ async def stop(t: Transport, known: list[tuple[int, str]] | None = None) -> tupl
             await t.signal_pids(leftovers, signal.SIGKILL)
             await wait_gone(t, leftovers, 5.0)
         return True, len(worker_pids)
-    finally:
-        await hive.aclose()

@@ -10,13 +10,14 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rbee_fabric.errors import InventoryError, UsageError
+from rbee_fabric.errors import InventoryError, UnknownNode, UsageError
 
 DEFAULT_HIVE_PORT = 9200
 DEFAULT_MAX_QUEUE = 64
@@ -84,15 +85,48 @@ class Inventory:
     nodes: dict[str, Node]
     path: Path | None
 
-    def resolve(self, name: str) -> Node:
-        """Inventory first; then local names; then NAME.home.arpa."""
+    def resolve(self, name: str, resolves: Callable[[str], bool] | None = None) -> Node:
+        """Inventory first; then local names; then the name as typed through the SSH
+        config (as `ssh NAME` does); then NAME.home.arpa for a bare name that resolves.
+
+        UnknownNode (saying what was tried) when nothing does. `resolves` tells
+        whether a host name resolves (default: the system resolver).
+        """
         validate_node_name(name)
         if name in self.nodes:
             return self.nodes[name]
         if name in LOCAL_NAMES or name == socket.gethostname():
             return Node(name=name, hostname="127.0.0.1", local=True)
-        hostname = name if "." in name else f"{name}.home.arpa"
-        return Node(name=name, hostname=hostname, local=False, source="name rules")
+        # Imported here: asyncssh is loaded only when a remote name needs it.
+        from rbee_fabric.keeper.transport.sshconfig import lookup, ssh_config_files
+
+        if (known := lookup(name)) is not None:
+            via = f" via {known.jump}" if known.jump else ""
+            return Node(name=name, hostname=name, local=False,
+                        source=f"ssh config: {name} -> {known.hostname}{via}")  # fmt: skip
+        if "." in name:
+            return Node(name=name, hostname=name, local=False, source="name rules")
+        fallback = f"{name}.home.arpa"
+        if (resolves or _resolves)(fallback):
+            return Node(name=name, hostname=fallback, local=False, source="name rules")
+        configs = ", ".join(ssh_config_files()) or "no SSH config file"
+        where = str(self.path) if self.path else "no inventory file (built-in: localhost only)"
+        raise UnknownNode(
+            f"unknown node {name!r}: it is not in the inventory ({where}) nor in the SSH config "
+            f"({configs}); tried {name} through the SSH config, then {fallback} (does not resolve)",
+            hint=f"add it to the inventory: a [nodes.{name}] table with its hostname in "
+            f"{self.path or '~/.config/rbee/hosts.toml'} (`rbee nodes init` writes a starter), "
+            f"or a `Host {name}` entry with its HostName to ~/.ssh/config",
+            details={"node": name, "tried": [f"{name} (ssh config)", fallback]},
+        )
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def validate_node_name(name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Protocol
 
@@ -10,7 +11,7 @@ from rbee_fabric import modelref, paths
 from rbee_fabric.catalog import Catalog, sha256_file
 from rbee_fabric.errors import ModelNotFound
 from rbee_fabric.keeper import hivectl
-from rbee_fabric.keeper.ssh import SshTransport
+from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import ModelInfo, RegisterRequest
 
 
@@ -49,26 +50,67 @@ def local_model(model: str) -> tuple[str, Path]:
     )
 
 
-async def push(t: SshTransport, model: str, notes: Notes) -> ModelInfo:
-    """Copy, verify (sha256 on both ends) and register the model on the node."""
+async def push(t: Transport, model: str, notes: Notes) -> ModelInfo:
+    """Copy, verify (sha256 on both ends) and register the model on the node.
+
+    Nothing is copied when the node's catalog already has the same file
+    (size and sha256) in its model directory. A copy goes to NAME.part and
+    is renamed once complete; a failed copy removes the part file, and a
+    replaced copy of the same reference is deleted once the new one is in.
+    """
     reference, path = local_model(model)
     notes.info(f"hashing {path.name}")
     digest = await asyncio.to_thread(sha256_file, path)
+    size = path.stat().st_size
     data = await t.remote_path(t.node.install_dir)
     remote_dir = f"{data}/models/pushed"
-    remote = f"{remote_dir}/{path.name}"
-    part = remote + ".part"
-    await t.run(["mkdir", "-p", remote_dir])
-    await t.put(path, part, lambda done, total: notes.transfer(path.name, done, total))
-    await t.run(["mv", "-f", part, remote])
-    if reference.startswith("file:"):
-        reference = f"file:{remote}"  # a pushed file is known by where it now lives
-    hive = await hivectl.connect_hive(t)
-    try:
+    async with hivectl.hive_client(t) as hive:
         await hivectl.ensure_hive(t, hive, notes)
-        return await hive.register_model(RegisterRequest(reference=reference, path=remote, sha256=digest))
-    finally:
-        await hive.aclose()
+        catalog = (await hive.models()).models
+        if (have := await _already_there(t, catalog, digest, size, f"{data}/models/")) is not None:
+            notes.info(f"{t.node.name} already has {path.name} ({have.path}); nothing to copy")
+            if reference.startswith("file:"):
+                reference = f"file:{have.path}"
+            if have.reference == modelref.parse(reference).canonical:
+                return have
+            return await hive.register_model(RegisterRequest(reference=reference, path=have.path, sha256=digest))
+        remote = f"{remote_dir}/{path.name}"
+        await _copy(t, path, remote, notes)
+        if reference.startswith("file:"):
+            reference = f"file:{remote}"  # a pushed file is known by where it now lives
+        info = await hive.register_model(RegisterRequest(reference=reference, path=remote, sha256=digest))
+    # An older copy of the same reference that rbee pushed is not left behind.
+    stale = [m.path for m in catalog
+             if m.reference == info.reference and m.path != remote and m.path.startswith(remote_dir + "/")]  # fmt: skip
+    if stale:
+        await t.run(["rm", "-f", *stale], check=False)
+    return info
+
+
+async def _already_there(
+    t: Transport, catalog: list[ModelInfo], digest: str, size: int, models_dir: str
+) -> ModelInfo | None:
+    """The catalog entry holding this very file in the node's model directory, if its file is intact."""
+    for m in catalog:
+        if m.sha256 == digest and m.size_bytes == size and m.path.startswith(models_dir):
+            r = await t.run(["ls", "-ln", m.path], check=False)
+            parts = r.stdout.split()
+            if r.exit_status == 0 and len(parts) >= 5 and parts[4] == str(size):
+                return m
+    return None
+
+
+async def _copy(t: Transport, path: Path, remote: str, notes: Notes) -> None:
+    """Copy to REMOTE.part, then rename; the part file never outlives a failure."""
+    part = remote + ".part"
+    await t.run(["mkdir", "-p", remote.rsplit("/", 1)[0]])
+    try:
+        await t.connector.put(path, part, lambda done, total: notes.transfer(path.name, done, total))
+        await t.run(["mv", "-f", part, remote])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await t.run(["rm", "-f", part], check=False)
+        raise
 
 
 __all__ = ["local_model", "push"]

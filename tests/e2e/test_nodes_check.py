@@ -141,3 +141,60 @@ def test_ssh_failures_each_with_a_fix(lab_home: RbeeHome, tmp_path: Path, shared
     assert hk["status"] == "fail" and "SHA256:" in hk["detail"] and "rbee nodes trust labnode4" in hk["fix"]
     py = nodes["labnode5"]["python"]
     assert py["status"] == "fail" and "venv" in py["detail"] and "python3-venv" in py["fix"]
+
+
+def test_a_node_behind_an_alias_or_proxyjump_passes_the_name_check(lab_home: RbeeHome, tmp_path: Path) -> None:
+    # Neither name is in DNS: only the SSH config knows them (issue 11, SSH defect 2).
+    target, jump = lab_mod.node(3), lab_mod.node(2)
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(
+        f"Host labalias\n    HostName {target.address}\n    Port 2222\n"
+        f"Host behindjump\n    HostName {target.address}\n    Port 2222\n"
+        f"    ProxyJump {jump.user}@{jump.address}:2222\n"
+        f"Host *\n    IdentityFile {lab_mod.DEFAULT_DIR / 'id_ed25519'}\n    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {lab_mod.DEFAULT_DIR / 'known_hosts'}\n"
+    )
+    inv = tmp_path / "hosts.toml"
+    inv.write_text("".join(
+        f'[nodes.{name}]\nhostname = "{name}"\nuser = "{target.user}"\nhive_port = {target.hive_port}\n'
+        'python = "/usr/bin/python3"\n' for name in ("labalias", "behindjump")))  # fmt: skip
+    _, nodes = check(lab_home, env={"RBEE_INVENTORY": str(inv), "RBEE_SSH_CONFIG": str(cfg)})
+    for name in ("labalias", "behindjump"):
+        for c in ("name", "ssh", "host key", "auth", "sftp", "python"):
+            assert nodes[name][c]["status"] == "pass", (name, nodes[name][c])
+        assert "rbee-fabric" in nodes[name]  # the checks went on over that connection
+
+
+def test_a_name_that_nothing_resolves_fails_the_name_check(lab_home: RbeeHome, tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.toml"
+    inv.write_text('[nodes.ghost]\nhostname = "ghost.invalid"\nuser = "rbeelab3"\nssh_port = 2222\n')
+    code, nodes = check(lab_home, env={"RBEE_INVENTORY": str(inv)})
+    assert code == 1
+    name = nodes["ghost"]["name"]
+    assert name["status"] == "fail" and "does not resolve" in name["detail"] and "ssh" in name["fix"]
+    assert "ssh" not in nodes["ghost"]  # nothing further is tried
+
+
+def test_a_node_without_sftp_fails_with_the_fix(lab_home: RbeeHome) -> None:
+    # labnode8's sshd without an SFTP subsystem (issue 11, SSH defect 3): install and push
+    # could not copy files, so the node is not ready, and the fix says how to enable it.
+    n8 = lab_mod.node(8)
+    lab_mod.stop_sshd(n8.name)
+    lab_mod.start_sshd(n8, sftp=False)
+    try:
+        code, nodes = check(lab_home, "labnode8", "labnode3")
+        table = lab_home.run("nodes", "check", "labnode8")
+        install = lab_home.run("nodes", "install", "labnode8")  # the copy fails: same reason, same fix
+    finally:
+        lab_mod.stop_sshd(n8.name)
+        lab_mod.start_sshd(n8)
+    assert code == 1
+    sftp = nodes["labnode8"]["sftp"]
+    assert sftp["status"] == "fail" and "SFTP" in sftp["detail"], sftp
+    assert "Subsystem sftp" in sftp["fix"] and "sshd_config" in sftp["fix"]
+    assert "disk" not in sftp["fix"]
+    assert nodes["labnode8"]["python"]["status"] == "pass"  # the other checks still ran
+    assert nodes["labnode3"]["sftp"]["status"] == "pass"
+    assert table.returncode == 1 and "labnode8: 2 problem(s)" in table.stdout  # sftp, not installed
+    assert install.returncode == 1 and "SFTP" in install.stderr and "Subsystem sftp" in install.stderr
+    assert "disk space" not in install.stderr, install.stderr

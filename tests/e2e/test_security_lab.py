@@ -88,13 +88,13 @@ def test_6_everything_rbee_creates_on_a_node_is_private(lab_home: RbeeHome) -> N
     import os
 
     from rbee_fabric.keeper import inventory
-    from rbee_fabric.keeper.ssh import SshTransport
+    from rbee_fabric.keeper.transport.ssh import SshConnector
 
     n6 = lab_mod.node(6)
     node = inventory.load(lab_home.env["RBEE_INVENTORY"]).resolve("labnode6")
 
     async def main() -> str:
-        t = SshTransport(node)
+        t = SshConnector(node)
         try:
             await t.run(["sh", "-c", "rm -rf rbee-umask && mkdir -p rbee-umask/logs && echo x > rbee-umask/logs/a.log"])
             return (await t.run(["stat", "-c", "%a %n", "rbee-umask", "rbee-umask/logs", "rbee-umask/logs/a.log"])).stdout

@@ -97,8 +97,10 @@ def _authorize(n: LabNode, pubkey: str) -> None:
         shutil.chown(p, n.user, n.user)
 
 
-def _sshd_config(n: LabNode, lab_dir: Path) -> Path:
+def _sshd_config(n: LabNode, lab_dir: Path, sftp: bool = True) -> Path:
     cfg = n.dir / "sshd_config"
+    # sftp=False: a node whose sshd has no SFTP subsystem (it cannot copy files).
+    subsystem = "Subsystem sftp internal-sftp" if sftp else "# no SFTP subsystem"
     cfg.write_text(
         f"""ListenAddress {n.address}:{n.port}
 HostKey {n.host_key}
@@ -113,7 +115,7 @@ AllowTcpForwarding yes
 AllowAgentForwarding no
 X11Forwarding no
 PrintMotd no
-Subsystem sftp internal-sftp
+{subsystem}
 LogLevel VERBOSE
 """
     )
@@ -137,9 +139,9 @@ def read_state(lab_dir: Path = DEFAULT_DIR) -> dict:
         return {"nodes": {}}
 
 
-def start_sshd(n: LabNode, lab_dir: Path = DEFAULT_DIR) -> int:
-    """Start (or restart) one node's sshd; returns its pid."""
-    cfg = _sshd_config(n, lab_dir)
+def start_sshd(n: LabNode, lab_dir: Path = DEFAULT_DIR, sftp: bool = True) -> int:
+    """Start (or restart) one node's sshd (sftp=False: without SFTP); returns its pid."""
+    cfg = _sshd_config(n, lab_dir, sftp)
     log = open(n.dir / "sshd.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
@@ -249,8 +251,21 @@ def write_ssh_config(lab_dir: Path, path: Path, known_hosts: Path) -> Path:
     UserKnownHostsFile {known_hosts}
     IdentitiesOnly yes
 """
+        + _alias_entries(lab_dir, known_hosts)
     )
     return path
+
+
+def _alias_entries(lab_dir: Path, known_hosts: Path) -> str:
+    """Nodes the inventory does not name, only this SSH config: `labalias` is labnode1,
+    `labjump` is labnode2 reached through labnode1 (ProxyJump)."""
+    n1, n2 = node(1, lab_dir), node(2, lab_dir)
+    common = f"    IdentityFile {lab_dir / 'id_ed25519'}\n    UserKnownHostsFile {known_hosts}\n    IdentitiesOnly yes\n"
+    return (
+        f"Host labalias\n    HostName {n1.address}\n    Port {n1.port}\n    User {n1.user}\n{common}"
+        f"Host labjump\n    HostName {n2.address}\n    Port {n2.port}\n    User {n2.user}\n"
+        f"    ProxyJump {n1.user}@{n1.address}:{n1.port}\n{common}"
+    )
 
 
 def _user_exists(user: str) -> bool:

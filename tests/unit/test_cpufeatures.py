@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rbee_fabric.cpufeatures import parse_cpuinfo, parse_sysctl
-from rbee_fabric.keeper.preflight import parse_cpu_facts, parse_shell_facts
 
 # The machine these tests were written on (2-core AMD EPYC VM): AVX2, no AVX-512, no AMX.
 EPYC = 'processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology nonstop_tsc cpuid extd_apicid tsc_known_freq pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand hypervisor lahf_lm cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext ssbd ibrs ibpb stibp vmmcall fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 xsaves clzero xsaveerptr wbnoinvd arat umip pku ospke vaes vpclmulqdq rdpid fsrm\n'
@@ -56,14 +55,3 @@ def test_intel_mac_sysctl() -> None:
 def test_apple_silicon_has_none_of_them() -> None:
     cpu = parse_sysctl(APPLE_SILICON)
     assert cpu.model == "Apple M2" and cpu.summary() == "AVX2 no, AVX-512 no, AMX no"
-
-
-def test_nodes_check_reads_the_cpu_part_of_the_shell_facts() -> None:
-    shell = "MemTotal: 1 kB\n@@\ndf\n@@\n@@\nLinux x86_64\n@@\n" + SAPPHIRE_RAPIDS.split("\n\n")[0] + "\n\n"
-    assert parse_shell_facts(shell)[3] == "Linux x86_64"  # the older parts are unchanged
-    cpu = parse_cpu_facts(shell)
-    assert cpu is not None and cpu.amx and cpu.model.startswith("Intel(R) Xeon(R)")
-    mac = "@@\n@@\n@@\nDarwin x86_64\n@@\n" + INTEL_MAC
-    mac_cpu = parse_cpu_facts(mac)
-    assert mac_cpu is not None and mac_cpu.avx2 and not mac_cpu.amx
-    assert parse_cpu_facts("@@\n@@\n@@\nLinux x86_64\n") is None  # an older node: nothing to say

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rbee_fabric.errors import InventoryError, UsageError
+from rbee_fabric.errors import InventoryError, UnknownNode, UsageError
 from rbee_fabric.keeper import inventory
 
 
@@ -64,15 +64,21 @@ def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
     assert exc.value.exit_code == 2
 
 
-def test_resolution_rules(tmp_path: Path) -> None:
+def test_resolution_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ssh_config").write_text("Host alias\n    HostName 10.0.0.9\n")
+    monkeypatch.setenv("RBEE_SSH_CONFIG", str(tmp_path / "ssh_config"))
     inv = inventory.load(write(tmp_path, '[nodes.gpu]\nhostname = "10.0.0.5"\nuser = "ai"\n'))
     assert inv.resolve("gpu").hostname == "10.0.0.5"
     assert inv.resolve("gpu").user == "ai"
     for local in ("localhost", "127.0.0.1", "::1"):
         assert inv.resolve(local).local
-    assert inv.resolve("mac").hostname == "mac.home.arpa"
-    assert not inv.resolve("mac").local
+    home_arpa = inv.resolve("mac", resolves=lambda host: host == "mac.home.arpa")
+    assert home_arpa.hostname == "mac.home.arpa" and not home_arpa.local
     assert inv.resolve("box.example.org").hostname == "box.example.org"
+    # The SSH config comes before the .home.arpa fallback: the name as typed, as `ssh alias` does.
+    assert inv.resolve("alias", resolves=lambda host: True).hostname == "alias"
+    with pytest.raises(UnknownNode, match=r"tried nosuch through the SSH config, then nosuch\.home\.arpa"):
+        inv.resolve("nosuch", resolves=lambda host: False)
 
 
 @pytest.mark.parametrize("name", ["mac; rm -rf /", "-oProxyCommand=x", "a b", "", "x" * 64, "ma_c"])

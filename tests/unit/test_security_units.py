@@ -19,7 +19,7 @@ from rbee_fabric import modelref, proof
 from rbee_fabric.errors import RbeeError, UsageError
 from rbee_fabric.keeper.inventory import validate_node_name
 from rbee_fabric.keeper.sockowner import listener_uid
-from rbee_fabric.keeper.ssh import hive_start_line, remote_line
+from rbee_fabric.keeper.transport.ssh import remote_line, spawn_line
 
 # Any text a user, an inventory or a daemon could hand us, NUL excepted (argv cannot hold it).
 ARG = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40)
@@ -41,15 +41,16 @@ def test_remote_commands_reach_the_node_intact(shell: str, argv: list[str]) -> N
 
 @FUZZ
 @given(data=ARG.filter(lambda s: s and "\n" not in s), argv=st.lists(ARG, min_size=1, max_size=4))
-def test_hive_start_line_quotes_every_part(data: str, argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_spawn_line_quotes_every_part(data: str, argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
     """Hostile data directories and arguments: the line runs exactly the argv, nothing else."""
     base = tmp_path_factory.mktemp("start")
     record = base / "argv"
     fake = base / "fake.sh"
     fake.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" > {shlex.quote(str(record))}\n')
     fake.chmod(0o755)
-    line = hive_start_line(str(base / "d") + data.replace("/", "_"), [str(fake), *argv])
-    line = line.replace("nohup setsid ", "").removesuffix(" &")  # run it in the foreground here
+    log = str(base / "d") + data.replace("/", "_") + "/logs/hive.log"
+    line = spawn_line(log, [str(fake), *argv], {"RBEE_DATA_DIR": data})
+    line = line.replace("nohup setsid ", "").removesuffix(" & echo $!")  # run it in the foreground here
     subprocess.run(["sh", "-c", remote_line(line)], check=True, capture_output=True)
     got = record.read_bytes().split(b"\0")[:-1]
     assert [a.decode("utf-8", "surrogateescape") for a in got] == argv
