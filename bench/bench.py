@@ -202,7 +202,7 @@ INFER_ARGS = ["infer", "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS), "--s
 
 def run_local(reps: int, gemma: str) -> dict[str, Any]:
     """Start-up and decode figures (bench/startup.py), rbee against bare, one run."""
-    from bench.startup import run_startup
+    from startup import run_startup
 
     args = [*INFER_ARGS, "--model", f"file:{gemma}"]
     return run_startup(reps, gemma, Env, bare_process, bare_in_process, args)
@@ -307,7 +307,7 @@ def verdict(name: str, rbee: float, bare: float) -> str:
 
 
 def write_results(local: dict, load: list, lab: dict, reps: int, model: str) -> Path:
-    from bench.startup import startup_markdown
+    from startup import startup_markdown
 
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rbee-bench-models-"))
     gemma = str(g.assemble(work / g.MODEL_NAME))
     if args.startup:
-        from bench.startup import startup_markdown
+        from startup import startup_markdown
 
         print("start-up figures ...", file=sys.stderr)
         lines = startup_markdown(run_local(args.reps, gemma))

@@ -142,9 +142,9 @@ def startup_markdown(r: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
         f"| warm time to first token, `rbee infer` as a new process | {w['rbee']:.3f} s "
         f"(full typer path: {w['full']:.3f} s) | {w['bare']:.3f} s (in process) | "
-        f"+{(w['rbee'] - w['bare']) * 1000:.0f} ms | ≤ +150 ms | {verdict(w['rbee'] - w['bare'] <= 0.150)} |",
+        f"{(w['rbee'] - w['bare']) * 1000:+.0f} ms | ≤ +150 ms | {verdict(w['rbee'] - w['bare'] <= 0.150)} |",
         f"| cold start to first token (no hive, model in catalog) | {c['rbee']:.2f} s | "
-        f"{c['bare']:.2f} s (new process) | +{c['rbee'] - c['bare']:.2f} s | ≤ +1.0 s | "
+        f"{c['bare']:.2f} s (new process) | {c['rbee'] - c['bare']:+.2f} s | ≤ +1.0 s | "
         f"{verdict(c['rbee'] - c['bare'] <= 1.0)} |",
         f"| decode speed after the first token | {d['rbee']:.1f} tok/s | {d['bare']:.1f} tok/s | "
         f"ratio {ratio:.3f} | ≥ 0.99 | {verdict(ratio >= 0.99)} |",
