@@ -20,6 +20,18 @@ import asyncssh
 
 
 class _Server(asyncssh.SSHServer):
+    def __init__(self, conns: set[asyncssh.SSHServerConnection]) -> None:
+        self._conns = conns
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._conns.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._conns.discard(self._conn)
+
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
         return True  # local port forwards (the tunnel to a hive or worker)
 
@@ -37,6 +49,8 @@ class InSshd:
         self.port = 0
         self.user = os.environ.get("USER") or "rbee"
         self._server: asyncssh.SSHAcceptor | None = None
+        self._conns: set[asyncssh.SSHServerConnection] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self.client_key_file = root / "id_ed25519"
         self.client_key.write_private_key(str(self.client_key_file))
         self.client_key_file.chmod(0o600)
@@ -46,6 +60,15 @@ class InSshd:
         return {**base, "HOME": str(self.home)}
 
     async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._run(process)
+        finally:
+            self._handlers.discard(task)
+
+    async def _run(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         command = process.command or "true"
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, cwd=self.home, env=self.env(),
@@ -84,7 +107,7 @@ class InSshd:
 
     async def start(self) -> InSshd:
         self._server = await asyncssh.create_server(
-            _Server, "127.0.0.1", 0,
+            lambda: _Server(self._conns), "127.0.0.1", 0,
             server_host_keys=[self.host_key],
             authorized_client_keys=asyncssh.import_authorized_keys(
                 self.client_key.export_public_key().decode()
@@ -98,10 +121,17 @@ class InSshd:
         return self
 
     async def stop(self) -> None:
+        """Stop listening, end every connection and every command still running."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for conn in list(self._conns):
+            conn.close()
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=10)
 
     def known_hosts_line(self, key: asyncssh.SSHKey | None = None) -> str:
         public = (key or self.host_key).export_public_key().decode().split()

@@ -45,8 +45,6 @@ class NodeHive:
         """Open the connection now (errors mapped: unreachable, host key, auth)."""
         await self.connector.connect()
 
-    connection = connect  # the name preflight still uses
-
     async def run(
         self, argv: list[str], *, check: bool = True, timeout: float = RUN_TIMEOUT_S, stdin: str | None = None
     ) -> RemoteResult:
