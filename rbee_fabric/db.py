@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from rbee_fabric.paths import ensure_dir
+
+
+def _import_sqlite_utils() -> Any:
+    """sqlite_utils without numpy: it imports numpy, when installed, only to store numpy
+    values, which rbee never does; that import is 0.1 s of every keeper and hive start."""
+    if "numpy" in sys.modules or "sqlite_utils" in sys.modules:
+        import sqlite_utils
+
+        return sqlite_utils
+    sys.modules["numpy"] = None  # type: ignore[assignment]  # makes `import numpy` fail
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["numpy"]
+    return sqlite_utils
+
+
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_S = 30.0
 

@@ -84,7 +84,17 @@ def is_hive(pid: int, port: int, started: float) -> bool:
 def is_worker(pid: int, worker_id: str) -> bool:
     """True when pid runs the rbee worker `worker_id` (ids are random, never reused)."""
     cmd = _cmdline(pid)
+    if cmd is not None and "rbee_fabric.hive.template" in cmd:
+        # Forked from the worker template (hive/template.py): it is named after its id.
+        return _comm(pid) == worker_id[:15]
     return cmd is not None and "rbee_fabric.worker" in cmd and _has_arg(cmd, "--worker-id", worker_id)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def read_hive(port: int) -> int | None:

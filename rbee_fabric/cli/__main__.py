@@ -1,5 +1,5 @@
 """`python -m rbee_fabric.cli` is `rbee`."""
 
-from rbee_fabric.cli.app import app
+from rbee_fabric.entry import main
 
-app(prog_name="rbee")
+main()

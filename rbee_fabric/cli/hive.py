@@ -28,7 +28,7 @@ def hive_start(
             return await hivectl.status(t)
 
     st = run_flow(main())
-    err.print(f"rbee-hive {st.version} running on {node} at {st.address} (pid {st.pid})")
+    err.print(f"rbee-hive {st.version} running on {st.address} (pid {st.pid})")
 
 
 @app.command("stop")

@@ -79,23 +79,11 @@ def infer(
             registry.close()
 
     summary = run_flow(main())
+    from rbee_fabric.summary import summary_json, summary_line
+
     if as_json:
-        print(json.dumps({
-            "text": "".join(reporter.tokens), "tokens": summary.tokens,
-            "seconds": round(summary.seconds, 3),
-            "first_token_s": round(summary.first_token_s, 3),
-            "tokens_per_second": round(summary.tokens_per_second, 2),
-            "worker_id": summary.worker_id, "reused_worker": summary.reused,
-            "stop_reason": summary.stop_reason, "queued_s": round(summary.queued_s, 3),
-            "prompt_tokens": summary.prompt_tokens, "rendered_as": summary.rendered_as,
-        }))  # fmt: skip
+        print(json.dumps(summary_json(summary, "".join(reporter.tokens))))
         return
     sys.stdout.write("\n")
     sys.stdout.flush()
-    err.print(
-        f"[dim]{summary.tokens} tokens in {summary.seconds:.2f} s "
-        f"({summary.tokens_per_second:.1f} tokens/s), first token after "
-        f"{summary.first_token_s:.2f} s, worker {summary.worker_id}"
-        f"{' (reused)' if summary.reused else ''}"
-        f"{f', {summary.queued_s:.2f} s in the queue' if summary.queued_s else ''}[/dim]"
-    )
+    err.print(f"[dim]{summary_line(summary)}[/dim]")

@@ -35,22 +35,17 @@ def models_list(
         print("no models")
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table()
-    for col in ("id", "reference", "file", "size", "quant", "added"):
-        table.add_column(col)
-    from rbee_fabric.cli.ui import safe
+    from rbee_fabric.cli.modeltable import models_table
 
-    for m in models:
-        table.add_row(safe(m.id), safe(m.reference), safe(m.path), f"{m.size_bytes / 1e6:.1f} MB",
-                      safe(m.quantization or "?"), safe(m.added_at))  # fmt: skip
-    Console().print(table)
+    console = Console()
+    console.print(models_table(models, console.width))
 
 
 @app.command("pull")
-def models_pull(model: Annotated[str, typer.Argument(help="model reference")], node: NodeOpt = "localhost") -> None:
+def models_pull(model: Annotated[str, typer.Argument(metavar="MODEL", help="model reference, as --model takes it")], node: NodeOpt = "localhost") -> None:
     """Fetch MODEL into NODE's catalog, with a progress bar."""
+    from rbee_fabric.cli.modeltable import size_text
     from rbee_fabric.cli.ui import TerminalReporter, err
     from rbee_fabric.errors import DownloadFailed, from_envelope
     from rbee_fabric.keeper.session import node_hive
@@ -79,13 +74,14 @@ def models_pull(model: Annotated[str, typer.Argument(help="model reference")], n
         )
 
     info, fetched = run_flow(main())
+
     verb = "added" if fetched else "already in the catalog:"
-    err.print(f"{verb} {info.reference} -> {info.id} ({info.size_bytes / 1e6:.1f} MB, {info.path})")
+    err.print(f"{verb} {info.reference} -> {info.id} ({size_text(info.size_bytes)}, {info.path})")
 
 
 @app.command("push", short_help="Copy a model to NODE over SFTP, verify and register it.")
 def models_push(
-    model: Annotated[str, typer.Argument(help="a local .gguf path, or a model in this machine's catalog")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="a local .gguf path, or a model in this machine's catalog")],
     node: NodeOpt,
 ) -> None:
     """Copy a model this machine has to NODE over SFTP, verify it and register it."""
@@ -111,7 +107,7 @@ def models_push(
 
 @app.command("rm", short_help="Remove a model from NODE's catalog (and the file rbee put).")
 def models_rm(
-    model: Annotated[str, typer.Argument(help="model id, or reference as --model takes it (see `rbee models list`)")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model id, or reference as --model takes it (see `rbee models list`)")],
     node: NodeOpt = "localhost",
 ) -> None:
     """Remove a model from NODE's catalog (and its file, if rbee downloaded it)."""

@@ -71,7 +71,7 @@ def nodes_init(
 
 @app.command("check", short_help="Check nodes for what rbee needs, with a fix per problem.")
 def nodes_check(
-    nodes: Annotated[list[str] | None, typer.Argument(help="nodes to check (default: all)")] = None,
+    nodes: Annotated[list[str] | None, typer.Argument(metavar="NODE", help="nodes to check (default: all)")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="also check that MODEL fits")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds per node")] = 20.0,

@@ -17,7 +17,7 @@ class _Globals:
 G = _Globals()
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="node name (see `rbee nodes list`)")]
-NodeArg = Annotated[str, typer.Argument(help="node name (see `rbee nodes list`)", show_default=True)]
+NodeArg = Annotated[str, typer.Argument(metavar="NODE", help="node name (see `rbee nodes list`)", show_default=True)]
 ModelOpt = Annotated[
     str,
     typer.Option(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -45,8 +46,38 @@ def error_context() -> Iterator[None]:
 
 
 class RbeeGroup(TyperGroup):
-    """The root group: the root callback and every sub-command run in the error context."""
+    """The root group: the root callback and every sub-command run in the error context,
+    and click's own usage errors print as every other error (code, message, Suggestion)."""
 
     def invoke(self, ctx: Any) -> Any:  # click.Context (vendored by newer typer)
         with error_context():
             return super().invoke(ctx)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        kwargs["standalone_mode"] = False  # errors come back here to be printed our way
+        if not standalone:
+            return super().main(*args, **kwargs)
+        try:
+            rv = super().main(*args, **kwargs)
+        except CLICK_EXCEPTION as exc:
+            _usage_error(exc)
+        except typer.Abort:
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        # Without standalone mode click returns an explicit exit's code, else the result.
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_error(exc: Exception) -> NoReturn:
+    """A bad flag, value or argument: one line, a Suggestion, exit 2 (help for no arguments)."""
+    from rbee_fabric.cli.ui import fail
+    from rbee_fabric.errors import UsageError
+
+    ctx = getattr(exc, "ctx", None)
+    code = int(getattr(exc, "exit_code", 2))
+    if type(exc).__name__ == "NoArgsIsHelpError" or code != 2 or ctx is None:
+        exc.show()  # type: ignore[attr-defined]  # help for a bare group; click's other errors as click shows them
+        sys.exit(code)
+    message = exc.format_message()  # type: ignore[attr-defined]
+    fail(UsageError(message, hint=f"{ctx.command_path} --help lists its options and arguments"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ from rbee_fabric.errormap import disk_error
 from rbee_fabric.errors import (
     EXIT_CANCELED,
     EXIT_RUNTIME,
+    ConfigError,
     RbeeError,
     RequestCanceled,
 )
@@ -175,6 +177,16 @@ def report(exc: BaseException, *, debug: bool = False) -> NoReturn:
         raise SystemExit(EXIT_CANCELED) from None
     if (disk := disk_error(exc, str(paths.data_dir()))) is not None:
         fail(disk)
+    if isinstance(exc, sqlite3.Error):  # the keeper's registry.db cannot be opened or read
+        if debug:
+            traceback.print_exception(exc)
+        data = paths.data_dir()
+        fail(ConfigError(
+            f"cannot use the registry {data / 'registry.db'}: {exc}",
+            hint=f"{data} must be a directory you can write; move a damaged registry.db aside "
+            "(rbee starts a new, empty one)",
+            details={"file": str(data / "registry.db")},
+        ))  # fmt: skip
     if debug:
         traceback.print_exception(exc)
         raise SystemExit(EXIT_RUNTIME) from None

@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from rbee_fabric.errors import RbeeError
     from rbee_fabric.hive.app import HiveSettings, create_app
+    from rbee_fabric.hive.forker import Template
     from rbee_fabric.httpserver import bind_socket, serve
+
+    # The worker template: a fork of this process now (its imports done, no thread
+    # started, no socket bound); it imports llama_cpp while this one goes on.
+    template = Template.start()
 
     data = paths.ensure_dir(paths.data_dir())
     try:
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         key_file=str(paths.api_key_file()),
         idle_timeout_s=args.idle_timeout,
         worker_ports=args.worker_ports,
+        template=template,
     )
     pidfile.write_hive(settings.port)
     try:

@@ -16,6 +16,7 @@ from rbee_fabric import __version__, sse
 from rbee_fabric.catalog import Catalog
 from rbee_fabric.errors import ModelNotFound, UsageError, WorkerNotFound
 from rbee_fabric.hive import vocab, workerview
+from rbee_fabric.hive.forker import Template
 from rbee_fabric.hive.provision import Provisioner
 from rbee_fabric.hive.safemode import SafeModeStore
 from rbee_fabric.hive.scheduler import Scheduler
@@ -52,6 +53,7 @@ class HiveSettings:
     idle_timeout_s: float = 300.0
     worker_ports: tuple[int, int] = (9300, 9399)
     llama_backend: str | None = None  # probed once at start when None
+    template: Template | None = None  # the worker template (forker.py), started by __main__
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -78,6 +80,7 @@ class Hive:
                 idle_timeout_s=settings.idle_timeout_s,
                 port_range=settings.worker_ports,
                 safe_store=self.safe_mode,
+                template=settings.template,
             )
         )
         self._llama_backend = settings.llama_backend
@@ -100,6 +103,8 @@ def create_app(settings: HiveSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hive = Hive(settings)
         app.state.hive = hive
+        if settings.template is not None:
+            settings.template.attach(asyncio.get_running_loop())
         hive.supervisor.start()
         log.info("rbee-hive %s listening on %s", __version__, settings.url)
         try:
@@ -108,6 +113,8 @@ def create_app(settings: HiveSettings) -> FastAPI:
             log.info("rbee-hive stopping: stopping %d worker(s)", len(hive.supervisor.workers))
             await hive.provisioner.close()
             await hive.supervisor.close()
+            if settings.template is not None:
+                await settings.template.close()
             await hive.scheduler.close()
             hive.catalog.close()
 

@@ -76,7 +76,8 @@ class Scheduler:
         self.resources = resources
         self.safe_mode = safe_mode
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(2.0), headers={"Authorization": f"Bearer {api_key}"}
+            timeout=httpx.Timeout(2.0), headers={"Authorization": f"Bearer {api_key}"},
+            verify=False,  # plain HTTP to local workers: no TLS context to build at start
         )
         self._locks: dict[Config, asyncio.Lock] = {}
         self._routed: dict[str, _Routed] = {}

@@ -21,6 +21,7 @@ import httpx
 from rbee_fabric import cpufeatures, proof
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
 from rbee_fabric.hive import safemode
+from rbee_fabric.hive.forker import Template, WorkerProc
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
 
 log = logging.getLogger("rbee.hive")
@@ -40,12 +41,13 @@ class SupervisorSettings:
     port_range: tuple[int, int] = (9300, 9399)
     python: str = sys.executable
     safe_store: safemode.SafeModeStore | None = None
+    template: Template | None = None  # workers are forked from it when set
 
 
 @dataclass
 class _Worker:
     info: WorkerInfo
-    proc: asyncio.subprocess.Process
+    proc: WorkerProc
     log_path: Path
     watcher: asyncio.Task[None] | None = None
     stopping: bool = False
@@ -93,7 +95,8 @@ class Supervisor:
         self.workers: dict[str, _Worker] = {}
         self.exited: OrderedDict[str, dict[str, object]] = OrderedDict()
         # No default key: it goes only to a worker that proved it holds it (_keyed).
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        # Plain HTTP to local workers: no TLS context to build at start (verify=False).
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0), verify=False)
         self._reaper: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[bool]] = set()
 
@@ -144,9 +147,16 @@ class Supervisor:
         log.info("spawned worker %s pid %d on %s for %s", wid, proc.pid, url, model.reference)
         return info
 
-    async def _launch(self, cmd: list[str], log_path: Path) -> asyncio.subprocess.Process:
+    async def _launch(self, cmd: list[str], log_path: Path) -> WorkerProc:
         env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1",
                "RBEE_HIVE_PID": str(os.getpid())}  # the worker ends when the hive does  # fmt: skip
+        if self.s.template is not None:  # a fork of the pre-imported template (template.py)
+            try:
+                forked = await self.s.template.spawn(cmd[3:], env, str(log_path))
+            except OSError as exc:
+                raise WorkerStartFailed(f"cannot start the worker: {exc}") from exc
+            if forked is not None:
+                return forked
         with open(log_path, "ab") as logf:
             try:
                 return await asyncio.create_subprocess_exec(

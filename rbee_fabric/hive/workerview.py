@@ -29,7 +29,8 @@ async def current(
     reserved_mb: dict[str, int | None],
 ) -> list[WorkerInfo]:
     """Each worker with fresh state, idle time, queue, memory and unload time."""
-    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:  # no key by default
+    # No key by default; plain HTTP to local workers (verify=False: no TLS context to build).
+    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, verify=False) as client:
         return list(
             await asyncio.gather(
                 *(_one(w, client, api_key, idle_timeout_s, reserved_mb.get(w.id)) for w in workers)

@@ -8,6 +8,7 @@ oldest turns are dropped with a one-line notice.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from rbee_fabric.errors import ContextTooLong
@@ -84,6 +85,7 @@ class ChatSession:
             capture = _Capture(self.out)
             run.out = capture
             run.opts.messages = self.messages(user)
+            run.started = time.monotonic()  # each answer's times start at its question
             try:
                 summary = await _inference(run, self.worker.rec, reused=self.worker.reused)
             except ContextTooLong as exc:

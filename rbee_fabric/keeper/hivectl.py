@@ -234,7 +234,8 @@ async def status(t: Transport) -> HiveStatus:
         try:
             health = await proven_health(t, hive, 3.0)
         except Unreachable as exc:
-            return HiveStatus(False, pid, address, error=exc.message)
+            why = "nothing listens there: not running" if exc.details.get("refused") else exc.message
+            return HiveStatus(False, pid, address, error=why)
         workers: int | None = None
         error = None
         try:

@@ -115,7 +115,7 @@ class Inventory:
             f"unknown node {name!r}: it is not in the inventory ({where}) nor in the SSH config "
             f"({configs}); tried {name} through the SSH config, then {fallback} (does not resolve)",
             hint=f"add it to the inventory: a [nodes.{name}] table with its hostname in "
-            f"{self.path or '~/.config/rbee/hosts.toml'} (see hosts.example.toml), "
+            f"{self.path or '~/.config/rbee/hosts.toml'} (`rbee nodes init` writes a starter), "
             f"or a `Host {name}` entry with its HostName to ~/.ssh/config",
             details={"node": name, "tried": [f"{name} (ssh config)", fallback]},
         )

@@ -14,7 +14,7 @@ from tests.support.procs import processes_with_env
 
 
 def test_infer_starts_the_hive_streams_and_reuses_the_worker(rbee_home: RbeeHome, tiny_model: Path) -> None:
-    rbee_home.local_node()
+    port = rbee_home.local_node()
     first = rbee_home.run("infer", "--model", f"file:{tiny_model}", "--prompt", "hello", "--max-tokens", "8", "--json")
     assert first.returncode == 0, first.stderr
     a = json.loads(first.stdout)
@@ -35,7 +35,8 @@ def test_infer_starts_the_hive_streams_and_reuses_the_worker(rbee_home: RbeeHome
     assert "1 worker(s) stopped" in stop.stderr
     assert processes_with_env("RBEE_TEST_MARKER", rbee_home.marker) == []
     status = rbee_home.run("hive", "status", "localhost")
-    assert status.returncode == 1 and "stopped" in status.stdout
+    assert status.returncode == 1
+    assert status.stdout == f"stopped  localhost http://127.0.0.1:{port}  (nothing listens there: not running)\n"
 
 
 def test_plain_output_streams_text_to_stdout_and_the_summary_to_stderr(rbee_home: RbeeHome, tiny_model: Path) -> None:

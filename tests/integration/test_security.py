@@ -462,7 +462,7 @@ def test_8_escape_sequences_and_markup_from_elsewhere_never_reach_the_terminal(r
     evil = "/nonexistent/\x1b]0;pwned\x07\x1b[2J[blink]x[/blink][/].gguf"
     try:
         r = rbee_home.run("infer", "--model", f"file:{evil}", "--prompt", "x")
-        assert r.returncode != 0
+        assert r.returncode == 1 and "MODEL_NOT_FOUND" in r.stderr, r.stderr  # a well-formed path nobody has
         assert "\x1b" not in r.stderr and "\x07" not in r.stderr, repr(r.stderr)
         assert "[blink]x[/blink][/]" in r.stderr  # shown literally, not interpreted (nor a crash)
         assert "\\x1b]0;pwned" in r.stderr  # made visible instead

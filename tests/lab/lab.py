@@ -251,8 +251,21 @@ def write_ssh_config(lab_dir: Path, path: Path, known_hosts: Path) -> Path:
     UserKnownHostsFile {known_hosts}
     IdentitiesOnly yes
 """
+        + _alias_entries(lab_dir, known_hosts)
     )
     return path
+
+
+def _alias_entries(lab_dir: Path, known_hosts: Path) -> str:
+    """Nodes the inventory does not name, only this SSH config: `labalias` is labnode1,
+    `labjump` is labnode2 reached through labnode1 (ProxyJump)."""
+    n1, n2 = node(1, lab_dir), node(2, lab_dir)
+    common = f"    IdentityFile {lab_dir / 'id_ed25519'}\n    UserKnownHostsFile {known_hosts}\n    IdentitiesOnly yes\n"
+    return (
+        f"Host labalias\n    HostName {n1.address}\n    Port {n1.port}\n    User {n1.user}\n{common}"
+        f"Host labjump\n    HostName {n2.address}\n    Port {n2.port}\n    User {n2.user}\n"
+        f"    ProxyJump {n1.user}@{n1.address}:{n1.port}\n{common}"
+    )
 
 
 def _user_exists(user: str) -> bool:

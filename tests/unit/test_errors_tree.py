@@ -170,6 +170,75 @@ def test_ctrl_c_anywhere_in_a_command_exits_130() -> None:
     assert r.exit_code == 130 and r.stderr.strip() == "Canceled."
 
 
-def test_click_usage_errors_keep_their_own_message_and_exit_2() -> None:
-    r = CliRunner().invoke(_cli_raising(typer.BadParameter("not a number")), ["boom"])
-    assert r.exit_code == 2 and "not a number" in r.stderr
+def test_click_usage_errors_read_like_every_other_error_exit_2() -> None:
+    from rbee_fabric.cli.app import app
+
+    for args, message, where in (
+        (["infer", "-m", "gemma3-270m", "--max-tokens", "0"], "Invalid value for '--max-tokens'", "rbee infer"),
+        (["--bogus"], "No such option: --bogus", "rbee"),
+        (["modls", "list"], "No such command 'modls'. Did you mean 'models'", "rbee"),
+        (["models", "pull"], "Missing argument 'MODEL'.", "rbee models pull"),
+    ):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, r.stderr
+        first, suggestion = r.stderr.splitlines()
+        assert first.startswith(f"error INVALID_REQUEST: {message}"), first
+        assert suggestion == f"Suggestion: {where} --help lists its options and arguments"
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    from rbee_fabric.cli.app import app
+
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 2 and "Commands:" in r.output and "pull" in r.output
+
+
+def test_a_registry_that_cannot_be_opened_is_config_invalid_outside_any_flow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`workers list` opens the registry before its flow runs: still one line and a Suggestion."""
+    from rbee_fabric.cli.app import app
+
+    (tmp_path / "registry.db").mkdir()  # a directory where the database file should be
+    monkeypatch.setenv("RBEE_DATA_DIR", str(tmp_path))
+    r = CliRunner().invoke(app, ["workers", "list"])
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"error CONFIG_INVALID: cannot use the registry {tmp_path / 'registry.db'}: unable to open database file"
+    )
+    assert r.stderr.splitlines()[1].startswith(f"Suggestion: {tmp_path} must be a directory you can write")
+    assert "Traceback" not in r.stderr
+
+
+async def test_a_newer_hive_with_more_health_fields_reads_as_version_mismatch() -> None:
+    """Version skew: a hive that adds health fields (and another status word) still
+    proves its key and parses, so the keeper says VERSION_MISMATCH, not a validation error."""
+    from rbee_fabric.httpserver import health_proof
+    from rbee_fabric.keeper import hivectl
+    from rbee_fabric.keeper.client import HiveClient
+
+    key = "k" * 32
+    newer = FastAPI()
+
+    @newer.get("/v1/health")
+    async def health(nonce: str | None = None) -> dict[str, object]:
+        return {"status": "degraded", "version": "9.0.0", "api_version": "2", "gpu_temp_c": 61,
+                "uptime_s": 12.5, **health_proof(key, nonce)}  # fmt: skip
+
+    @newer.get("/v1/models")
+    async def models() -> dict[str, object]:
+        return {"catalog": []}  # a renamed field: an answer this keeper cannot read
+
+    hive = HiveClient("http://mac.home.arpa:9200", key, "mac", "~/.config/rbee/api_key")
+    await hive.http.aclose()
+    hive.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=newer), base_url=hive.base_url)
+    try:
+        got = await hive.health()
+        assert got.version == "9.0.0"
+        with pytest.raises(errors.VersionMismatch) as exc:
+            hivectl.check_version(got, "mac")
+        with pytest.raises(errors.VersionMismatch) as unreadable:
+            await hive.models()
+    finally:
+        await hive.aclose()
+    assert "9.0.0" in exc.value.message and exc.value.hint == "upgrade the node: rbee nodes install mac --upgrade"
+    assert "answered in a form this keeper" in unreadable.value.message
+    assert unreadable.value.hint == "install the keeper's version on the node: rbee nodes install mac --upgrade"

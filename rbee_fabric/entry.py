@@ -1,0 +1,67 @@
+"""`rbee`: the console entry point, light on purpose.
+
+A warm `rbee infer` (a live worker for the model on this machine) is served
+by the lean path (keeper/fastpath.py: sqlite3, http.client, json) without
+loading typer, httpx, pydantic, sqlite-utils or rich. Everything else, and
+whatever the lean path declines before printing anything, goes to the typer
+app (cli/app.py) exactly as before. RBEE_FAST_PATH=0 turns the lean path off
+(the benchmark compares both).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.monotonic()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "infer" in args and os.environ.get("RBEE_FAST_PATH", "1") != "0":
+        args = _lean_infer(args, started)
+    from rbee_fabric.cli.app import app
+
+    app(args=args, prog_name="rbee")
+
+
+def _lean_infer(args: list[str], started: float) -> list[str]:
+    """Serve `rbee infer` on the lean path and exit; else the args for the full path."""
+    from rbee_fabric.keeper import fastpath, fastpath_args
+    from rbee_fabric.keeper.fastpath_net import Fallback
+    from rbee_fabric.keeper.fastpath_node import LocalNode
+
+    lean = fastpath_args.parse(args)
+    if lean is None:
+        return args
+    os.umask(0o077)  # as the root callback: what rbee writes is the user's alone
+    try:
+        given = lean.prompt is not None
+        prompt = fastpath.prompt_of(lean)
+        if not given and lean.prompt is not None:
+            # stdin is read now: the full path gets the prompt as an option.
+            args = [*args, f"--prompt={lean.prompt}"]
+        if prompt is None:
+            return args
+        plan = fastpath.plan(lean)
+    except Fallback as exc:
+        if isinstance(exc.node, LocalNode) and lean.start_hive:
+            _start_hive_early(exc.node)
+        return args
+    except KeyboardInterrupt:
+        sys.stderr.write("Canceled.\n")
+        raise SystemExit(130) from None
+    raise SystemExit(fastpath.run(plan, started))
+
+
+def _start_hive_early(node: object) -> None:
+    """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py)."""
+    import contextlib
+
+    from rbee_fabric.keeper.fastpath_hive import start_early
+    from rbee_fabric.keeper.fastpath_node import LocalNode
+    from rbee_fabric.keeper.fastpath_out import Output
+
+    assert isinstance(node, LocalNode)
+    with contextlib.suppress(Exception):  # the full path tries again and says what fails
+        start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim)

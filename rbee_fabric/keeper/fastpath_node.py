@@ -1,0 +1,115 @@
+"""The lean path's view of the inventory: a local node's hive port, stdlib only.
+
+It answers only when the answer is certain: the file parses, every entry holds
+only known keys of the right types and ranges (so the full loader would accept
+it too), and the node is on this machine. Anything else is None, and the full
+path (pydantic validation, SSH) takes over and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HIVE_PORT = 9200
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def _int(lo: int, hi: int) -> Any:
+    return lambda v: type(v) is int and lo <= v <= hi
+
+
+def _str(lo: int = 0, hi: int = 10**9) -> Any:
+    return lambda v: type(v) is str and lo <= len(v) <= hi
+
+
+# Each key of a [nodes.NAME] table (keeper/inventory.py NodeEntry), checked strictly.
+_CHECKS: dict[str, Any] = {
+    "hostname": _str(1, 253),
+    "user": lambda v: type(v) is str and _USER.match(v) is not None,
+    "ssh_port": _int(1, 65535),
+    "hive_port": _int(1, 65535),
+    "backend": lambda v: v in ("auto", "cpu", "cuda", "metal"),
+    "devices": lambda v: type(v) is list and all(type(d) is int for d in v),
+    "network": lambda v: v in ("tunnel", "direct"),
+    "python": _str(1),
+    "install_dir": _str(),
+    "local": lambda v: type(v) is bool,
+    "max_queue": _int(0, 100_000),
+    "max_replicas": _int(1, 64),
+    "safe_mode": lambda v: v in ("auto", "on", "off"),
+}
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    name: str
+    hive_port: int = DEFAULT_HIVE_PORT
+    max_replicas: int = 1
+
+
+def valid_name(name: str) -> bool:
+    if name in LOCAL_NAMES:
+        return True
+    labels = name.split(".")
+    return bool(name) and len(name) <= 253 and all(_LABEL.match(lbl) for lbl in labels)
+
+
+def inventory_path(explicit: str | None) -> Path | None:
+    """The inventory file by the lookup order (as keeper/inventory.py); None: built-in."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if env := os.environ.get("RBEE_INVENTORY"):
+        return Path(env).expanduser()
+    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    candidate = default / "rbee" / "hosts.toml"
+    return candidate if candidate.exists() else None
+
+
+def _entries(path: Path) -> dict[str, dict[str, Any]] | None:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if set(raw) - {"nodes"}:
+        return None
+    nodes = raw.get("nodes", {})
+    if not isinstance(nodes, dict):
+        return None
+    for name, entry in nodes.items():
+        if not isinstance(entry, dict) or not valid_name(name) or "hostname" not in entry:
+            return None
+        for key, value in entry.items():
+            check = _CHECKS.get(key)
+            if check is None or not check(value):
+                return None
+    return nodes
+
+
+def local_node(name: str, explicit_inventory: str | None) -> LocalNode | None:
+    """The node `name` when it is surely this machine and the inventory is surely valid."""
+    if not valid_name(name):
+        return None
+    path = inventory_path(explicit_inventory)
+    entries = {} if path is None else _entries(path)
+    if entries is None:
+        return None
+    if (entry := entries.get(name)) is not None:
+        local = entry.get("local", False) or (
+            entry["hostname"] in LOCAL_NAMES and entry.get("user") is None
+        )
+        if not local:
+            return None  # over SSH: the full path
+        return LocalNode(
+            name, entry.get("hive_port", DEFAULT_HIVE_PORT), entry.get("max_replicas", 1)
+        )
+    if name in LOCAL_NAMES or name == socket.gethostname():
+        return LocalNode(name)
+    return None
