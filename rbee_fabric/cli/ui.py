@@ -143,7 +143,7 @@ def bar_columns(kind: str, width: int) -> list[Any]:
     fixed = Column(no_wrap=True)
     description = TextColumn(
         "{task.description}",
-        table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(10, width // 3)),
+        table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(10, width // 2)),
     )
     columns: list[Any] = [description, BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5))]
     if kind == "download":
