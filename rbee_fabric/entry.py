@@ -49,7 +49,7 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
             _start_hive_early(exc.node)
         return args
     except KeyboardInterrupt:
-        sys.stderr.write("Canceled.\n")
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Canceled.\n")  # after the ^C echo
         raise SystemExit(130) from None
     raise SystemExit(fastpath.run(plan, started))
 

@@ -54,6 +54,7 @@ error from `code` alone (`from_envelope`), never from the message text.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 EXIT_OK = 0
@@ -380,8 +381,9 @@ def error_class(code: str) -> type[RbeeError]:
     return _BY_CODE.get(code, InternalError)
 
 
-def from_envelope(body: Any, *, status: int | None = None) -> RbeeError:
-    """Rebuild a typed error from an error envelope, by its code only."""
+def from_envelope(body: Any, *, status: int | None = None, node: str | None = None) -> RbeeError:
+    """Rebuild a typed error from an error envelope, by its code only; `node` (the
+    name the keeper knows the daemon by) replaces the NODE of the daemon's hint."""
     try:
         err = body["error"]
         code, message = str(err["code"]), str(err["message"])
@@ -392,6 +394,8 @@ def from_envelope(body: Any, *, status: int | None = None) -> RbeeError:
             details={"status": status},
         )
     hint = details.pop("hint", None)
+    if node and isinstance(hint, str):
+        hint = re.sub(r"\bNODE\b", node, hint)
     cls = _BY_CODE.get(code)
     if cls is None:  # a newer daemon's code: keep it visible, not just "internal"
         return InternalError(f"{code}: {message}", hint=hint, details={**details, "code": code})

@@ -37,16 +37,23 @@ class Summary:
         return decode_rate(self.tokens, self.first_token_s, self.seconds)
 
 
+WIDTH = 80  # the narrowest terminal the summary must fit without wrapping
+
+
 def summary_line(s: Summary) -> str:
-    """`20 tokens in 1.23 s, first after 0.40 s, then 23.0 tokens/s, worker w-1 (reused)`."""
-    parts = [f"{s.tokens} token{'' if s.tokens == 1 else 's'} in {s.seconds:.2f} s",
+    """Two short lines, each within 80 columns: the times, then the worker.
+
+    `20 tokens in 1.23 s, first after 0.40 s, then 23.0 tokens/s`
+    `worker w-1 (reused), 0.10 s of it in the queue`
+    """
+    times = [f"{s.tokens} token{'' if s.tokens == 1 else 's'} in {s.seconds:.2f} s",
              f"first after {s.first_token_s:.2f} s"]  # fmt: skip
     if rate := s.tokens_per_second:
-        parts.append(f"then {rate:.1f} tokens/s")
-    parts.append(f"worker {s.worker_id}{' (reused)' if s.reused else ''}")
+        times.append(f"then {rate:.1f} tokens/s")
+    worker = [f"worker {s.worker_id}{' (reused)' if s.reused else ''}"]
     if s.queued_s:
-        parts.append(f"{s.queued_s:.2f} s of it in the queue")
-    return ", ".join(parts)
+        worker.append(f"{s.queued_s:.2f} s of it in the queue")
+    return ", ".join(times) + "\n" + ", ".join(worker)
 
 
 def summary_json(s: Summary, text: str) -> dict[str, Any]:

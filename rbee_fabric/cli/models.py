@@ -63,7 +63,7 @@ def models_pull(model: Annotated[str, typer.Argument(metavar="MODEL", help="mode
                     async for p in events:
                         reporter.download(p)
                         if p.stage == "failed" and p.error:
-                            raise from_envelope({"error": p.error.model_dump()})
+                            raise from_envelope({"error": p.error.model_dump()}, node=node)
                         if p.stage == "done" and p.model:
                             return p.model, True
             finally:

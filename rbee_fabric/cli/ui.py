@@ -155,10 +155,15 @@ def bar_columns(kind: str, width: int) -> list[Any]:
     return columns
 
 
+def canceled(message: str) -> None:
+    """On a terminal the ^C echo leaves the cursor mid-line (after the tokens): a new line first."""
+    err.print(("\n" if err.is_terminal else "") + sanitize(message), markup=False)
+
+
 def fail(error: RbeeError) -> NoReturn:
     """Print an RbeeError as the user sees it and exit with its code."""
     if isinstance(error, RequestCanceled):
-        err.print(sanitize(error.message), markup=False)
+        canceled(error.message)
         raise SystemExit(error.exit_code)
     err.print(f"[bold red]error[/bold red] [red]{safe(error.code)}[/red]: {safe(error.message)}")
     if error.hint:
@@ -173,7 +178,7 @@ def report(exc: BaseException, *, debug: bool = False) -> NoReturn:
             traceback.print_exception(exc)
         fail(exc)
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-        err.print("Canceled.")
+        canceled("Canceled.")
         raise SystemExit(EXIT_CANCELED) from None
     if (disk := disk_error(exc, str(paths.data_dir()))) is not None:
         fail(disk)

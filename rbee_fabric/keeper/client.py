@@ -179,14 +179,13 @@ class Endpoint:
                 details={"keeper": __version__, "node": self.node},
             ) from None
 
-    @staticmethod
-    def _check(r: httpx.Response) -> None:
+    def _check(self, r: httpx.Response) -> None:
         if r.status_code >= 400:
             try:
                 body: Any = r.json()
             except ValueError:
                 body = r.text
-            raise from_envelope(body, status=r.status_code)
+            raise from_envelope(body, status=r.status_code, node=self.node)
 
     async def call(
         self, method: str, path: str, model: type[M], body: BaseModel | None = None,

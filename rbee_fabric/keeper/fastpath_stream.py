@@ -61,7 +61,7 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
                 elif event.get("done"):
                     done = event
                 elif "error" in event:
-                    _fail_envelope(event)
+                    _fail_envelope(event, node=p.node.name)
         except TimeoutError:
             if waiting_since is None or first is not None:
                 raise
@@ -71,7 +71,7 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             broken = f"connection to {p.worker.url} failed: {str(exc) or type(exc).__name__}"
     except HttpError as exc:
-        _fail_envelope(exc.body, exc.status)
+        _fail_envelope(exc.body, exc.status, node=p.node.name)
     except _QueueDeadline:
         _cancel(p, rid)
         from rbee_fabric.errors import QueueTimeout
@@ -158,10 +158,10 @@ def _touch(db: sqlite3.Connection, sql: str, params: list[object]) -> None:
         _fail(exc)
 
 
-def _fail_envelope(body: Any, status: int | None = None) -> NoReturn:
+def _fail_envelope(body: Any, status: int | None = None, *, node: str | None = None) -> NoReturn:
     from rbee_fabric.errors import from_envelope
 
-    _fail(from_envelope(body, status=status))
+    _fail(from_envelope(body, status=status, node=node))
 
 
 def _fail(exc: BaseException) -> NoReturn:

@@ -58,7 +58,7 @@ async def inference(run: Run, rec: WorkerRecord, *, reused: bool) -> Summary:
                         elif event.get("done"):
                             done = DoneEvent.model_validate(event)
                         elif "error" in event:
-                            raise from_envelope(event)
+                            raise from_envelope(event, node=run.t.node.name)
             except Unreachable as exc:
                 broken = exc.message
     except TimeoutError:

@@ -206,7 +206,7 @@ async def _provision(run: Run, hive: HiveClient) -> ModelInfo:
         async for p in events:
             run.out.download(p)
             if p.stage == "failed" and p.error is not None:
-                raise from_envelope({"error": p.error.model_dump()})
+                raise from_envelope({"error": p.error.model_dump()}, node=run.t.node.name)
             if p.stage == "done" and p.model is not None:
                 return p.model
     raise error_class("DOWNLOAD_FAILED")(

@@ -107,4 +107,6 @@ def test_models_pull_without_network_shows_the_retries_and_what_to_do(rbee_home:
     assert "DOWNLOAD_FAILED" in r.stderr and "tried 6 times" in r.stderr and dead in r.stderr
     suggestion = r.stderr[r.stderr.index("Suggestion:"):]
     assert "HF_ENDPOINT" in suggestion and "HF_HUB_OFFLINE=1" in suggestion and "rbee models push" in suggestion
+    # The hive's hint says NODE; the keeper names the node it asked.
+    assert "rbee models push --node localhost FILE.gguf" in " ".join(suggestion.split())
     assert r.stdout == ""

@@ -18,7 +18,8 @@ from pathlib import Path
 from tests.conftest import RbeeHome
 from tests.support.procs import processes_with_env
 
-SUMMARY = re.compile(r"^\d+ tokens? in [\d.]+ s, first after [\d.]+ s(, then [\d.]+ tokens/s)?, ")
+SUMMARY = re.compile(r"^\d+ tokens? in [\d.]+ s, first after [\d.]+ s(, then [\d.]+ tokens/s)?$")
+WORKER = re.compile(r"^worker w-\w+ \(reused\)")
 
 
 def _rbee(home: RbeeHome, *args: str, lean: bool = True, input: str | None = None) -> tuple[subprocess.CompletedProcess[str], bool]:
@@ -52,7 +53,9 @@ def test_warm_infer_takes_the_lean_path_and_prints_the_same(rbee_home: RbeeHome,
         assert not typer, "a warm infer should not need typer"
         assert lean.stdout == full.stdout and lean.stdout.strip()
         assert _masked(lean.stderr) == _masked(full.stderr)
-        assert SUMMARY.match(lean.stderr.splitlines()[-1]), lean.stderr
+        *_, times, worker = lean.stderr.splitlines()
+        assert SUMMARY.match(times) and WORKER.match(worker), lean.stderr
+        assert max(map(len, lean.stderr.splitlines())) <= 80, lean.stderr
         # --json: the same object, bar the timings.
         jl, typer = _rbee(rbee_home, *base, "--json")
         jf, _ = _rbee(rbee_home, *base, "--json", lean=False)

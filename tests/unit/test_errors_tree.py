@@ -82,11 +82,17 @@ async def test_every_class_round_trips_through_the_http_envelope(cls: type[error
 
     r = await _served(app)
     assert r.status_code == cls.http_status
-    with pytest.raises(errors.RbeeError) as got:
-        Endpoint._check(r)  # what the keeper's client does with an error answer
+    client = Endpoint("http://127.0.0.1:1", None, "mac", "key")
+    try:
+        with pytest.raises(errors.RbeeError) as got:
+            client._check(r)  # what the keeper's client does with an error answer
+    finally:
+        await client.http.aclose()
     assert type(got.value) is cls
     assert got.value.message == "it broke: 42"
-    assert got.value.hint == cls.default_hint
+    # The daemon's default hint says NODE; the keeper names the node it asked.
+    assert got.value.hint == re.sub(r"\bNODE\b", "mac", cls.default_hint)
+    assert "rbee hive logs NODE" not in got.value.hint
     assert got.value.details == {"node": "mac", "n": 3}
 
 
