@@ -81,7 +81,11 @@ def hive_status(
     elif st.running:
         print(f"running  {st.address}  version {st.version}  pid {st.pid}  workers {st.workers}")
     else:
+        from rbee_fabric.cli.ui import err, sanitize
+
         print(f"stopped  {st.address}  ({st.error})")
+        err.print(f"Suggestion: start it: rbee hive start {sanitize(node)} (rbee infer starts it "
+                  f"on its own); its log: rbee hive logs {sanitize(node)}", markup=False)  # fmt: skip
     raise typer.Exit(0 if st.running else 1)
 
 

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Column
 
-from rbee_fabric import paths
+from rbee_fabric import paths, tokenline
 from rbee_fabric.errormap import disk_error
 from rbee_fabric.errors import (
     EXIT_CANCELED,
@@ -131,6 +131,7 @@ class TerminalReporter:
         if not self.quiet_tokens:
             sys.stdout.write(sanitize(text))
             sys.stdout.flush()
+            tokenline.wrote(text)
 
 
 def bar_columns(kind: str, width: int) -> list[Any]:
@@ -157,7 +158,8 @@ def bar_columns(kind: str, width: int) -> list[Any]:
 
 def canceled(message: str) -> None:
     """On a terminal the ^C echo leaves the cursor mid-line (after the tokens): a new line first."""
-    err.print(("\n" if err.is_terminal else "") + sanitize(message), markup=False)
+    ended = tokenline.end() and sys.stdout.isatty()
+    err.print(("\n" if err.is_terminal and not ended else "") + sanitize(message), markup=False)
 
 
 def fail(error: RbeeError) -> NoReturn:
@@ -165,6 +167,7 @@ def fail(error: RbeeError) -> NoReturn:
     if isinstance(error, RequestCanceled):
         canceled(error.message)
         raise SystemExit(error.exit_code)
+    tokenline.end()  # the tokens streamed so far keep their line; the error starts its own
     err.print(f"[bold red]error[/bold red] [red]{safe(error.code)}[/red]: {safe(error.message)}")
     if error.hint:
         err.print(f"Suggestion: {sanitize(error.hint)}", markup=False)

@@ -120,7 +120,7 @@ def workers_shutdown(
     node: Annotated[str | None, typer.Option("--node", "-n", help="the worker's node (default: the one the registry knows)")] = None,
 ) -> None:
     """Stop one worker."""
-    from rbee_fabric.cli.ui import err
+    from rbee_fabric.cli.ui import err, sanitize
     from rbee_fabric.errors import WorkerNotFound
     from rbee_fabric.keeper.session import node_hive, open_registry
 
@@ -131,7 +131,8 @@ def workers_shutdown(
         if target is None:
             raise WorkerNotFound(
                 f"worker {worker_id!r} is not in the registry",
-                hint="name its node: rbee workers shutdown --id ID --node NODE",
+                hint=f"rbee workers list shows the workers; if it runs elsewhere, name its node: "
+                f"rbee workers shutdown --id {sanitize(worker_id)} --node NODE",
             )
 
         async def main() -> None:

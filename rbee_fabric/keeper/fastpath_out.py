@@ -12,6 +12,8 @@ import re
 import sys
 from typing import Any
 
+from rbee_fabric import tokenline
+
 # As cli/ui.py: C0 controls but tab and newline, DEL and the C1 controls.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Environment variables that make rich treat a non-terminal as one.
@@ -55,4 +57,5 @@ class Output:
         if not self.quiet_tokens:
             sys.stdout.write(sanitize(text))
             sys.stdout.flush()
+            tokenline.wrote(text)
 

@@ -37,6 +37,8 @@ def test_infer_starts_the_hive_streams_and_reuses_the_worker(rbee_home: RbeeHome
     status = rbee_home.run("hive", "status", "localhost")
     assert status.returncode == 1
     assert status.stdout == f"stopped  localhost http://127.0.0.1:{port}  (nothing listens there: not running)\n"
+    # Exit 1 like every error, so it says what to do, as every error does.
+    assert status.stderr.startswith("Suggestion: start it: rbee hive start localhost "), status.stderr
 
 
 def test_plain_output_streams_text_to_stdout_and_the_summary_to_stderr(rbee_home: RbeeHome, tiny_model: Path) -> None:

@@ -25,3 +25,18 @@ def test_canceled_starts_a_new_line_on_a_terminal(monkeypatch: pytest.MonkeyPatc
         ui.report(KeyboardInterrupt())
     assert got.value.code == 130
     assert out.getvalue() == ("\nCanceled.\n" if terminal else "Canceled.\n")
+
+
+def test_an_error_after_tokens_starts_its_own_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from rbee_fabric.errors import WorkerCrashed
+
+    err = io.StringIO()
+    monkeypatch.setattr(ui, "err", Console(file=err, width=80, highlight=False))
+    reporter = ui.TerminalReporter()
+    reporter.token("and how they connect")  # the worker died here
+    with pytest.raises(SystemExit) as got:
+        ui.fail(WorkerCrashed("worker w-1 on localhost stopped mid-generation"))
+    assert got.value.code == 1
+    # Was "...how they connecterror WORKER_CRASHED: ..." on the screen.
+    assert capsys.readouterr().out == "and how they connect\n"
+    assert err.getvalue().startswith("error WORKER_CRASHED: worker w-1")
