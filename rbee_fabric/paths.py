@@ -29,6 +29,11 @@ def config_dir() -> Path:
     return Path(base) / "rbee"
 
 
+def inventory_file() -> Path:
+    """The default inventory: hosts.toml in the configuration directory."""
+    return config_dir() / "hosts.toml"
+
+
 def models_dir() -> Path:
     return data_dir() / "models"
 

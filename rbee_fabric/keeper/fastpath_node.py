@@ -68,8 +68,9 @@ def inventory_path(explicit: str | None) -> Path | None:
         return Path(explicit).expanduser()
     if env := os.environ.get("RBEE_INVENTORY"):
         return Path(env).expanduser()
-    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    candidate = default / "rbee" / "hosts.toml"
+    from rbee_fabric import paths
+
+    candidate = paths.inventory_file()
     return candidate if candidate.exists() else None
 
 

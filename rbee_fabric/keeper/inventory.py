@@ -143,8 +143,10 @@ def validate_node_name(name: str) -> None:
 
 
 def default_inventory_path() -> Path:
-    """~/.config/rbee/hosts.toml (under $XDG_CONFIG_HOME when set)."""
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rbee" / "hosts.toml"
+    """~/.config/rbee/hosts.toml (in $RBEE_CONFIG_DIR or under $XDG_CONFIG_HOME when set)."""
+    from rbee_fabric import paths
+
+    return paths.inventory_file()
 
 
 def inventory_path(explicit: str | None) -> Path | None:

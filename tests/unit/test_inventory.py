@@ -95,3 +95,15 @@ def test_example_inventory_documents_every_key_and_parses() -> None:
     for key in inventory.NodeEntry.model_fields:
         assert f"{key} =" in text, f"hosts.example.toml does not document {key}"
     assert len(inv.nodes) > 1
+
+
+def test_the_default_inventory_lives_in_the_config_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # RBEE_CONFIG_DIR moves hosts.toml with the API key; the lean path reads the same file.
+    from rbee_fabric.keeper import fastpath_node
+
+    monkeypatch.delenv("RBEE_INVENTORY", raising=False)
+    monkeypatch.setenv("RBEE_CONFIG_DIR", str(tmp_path))
+    assert inventory.inventory_path(None) is None and fastpath_node.inventory_path(None) is None
+    (tmp_path / "hosts.toml").write_text('[nodes.gpu]\nhostname = "gpu.example"\n')
+    assert inventory.inventory_path(None) == fastpath_node.inventory_path(None) == tmp_path / "hosts.toml"
+    assert "gpu" in inventory.load().nodes
