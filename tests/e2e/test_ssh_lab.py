@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -48,6 +49,10 @@ def test_ssh_config_aliases_reach_their_nodes_directly_and_through_a_jump_host(i
         assert f"already installed on {alias}; nothing to change" in r.stderr
         logs = installed.run("hive", "logs", alias, "--lines", "1")
         assert logs.returncode == 0, logs.stderr
+    check = installed.run("nodes", "check", "labalias", "labjump", "--json")
+    for report in json.loads(check.stdout)["nodes"]:
+        steps = {c["name"]: c["status"] for c in report["checks"]}
+        assert [steps.get(k) for k in ("name", "ssh", "host key", "auth")] == ["pass"] * 4, report
 
 
 def test_a_node_known_only_as_a_host_alias_of_the_ssh_config(installed: RbeeHome) -> None:
@@ -77,7 +82,7 @@ def _no_index(house: Path, find_links: Path) -> dict[str, str]:
 
 def test_install_without_an_index_names_the_missing_wheels(lab_home: RbeeHome, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    r = lab_home.run("nodes", "install", "labnode8", "--force", env=_no_index(tmp_path / "house", tmp_path / "empty"))
+    r = lab_home.run("nodes", "install", "labnode7", "--force", env=_no_index(tmp_path / "house", tmp_path / "empty"))
     assert r.returncode == 1
     assert "ERROR:" in r.stderr and "PIP_FIND_LINKS" in r.stderr  # pip's own reason, and the way out
 
@@ -86,11 +91,13 @@ def test_install_needs_no_package_index(installed: RbeeHome, tmp_path: Path) -> 
     """The keeper's own wheel is written without pip; the dependencies come from find-links."""
     deps = next(Path(installed.env["RBEE_WHEELHOUSE_DIR"]).glob("*-full-*"))  # what the fixture collected
     house = tmp_path / "house"
-    r = installed.run("nodes", "install", "labnode8", env=_no_index(house, deps))
+    # labnode7 (labnode8 is the no-SFTP node of test_nodes_check), made fresh.
+    shutil.rmtree("/home/rbeelab7/.local/share/rbee/venv", ignore_errors=True)
+    r = installed.run("nodes", "install", "labnode7", env=_no_index(house, deps))
     assert r.returncode == 0, r.stderr
-    assert "installed rbee-fabric 0.1.0 on labnode8" in r.stderr
+    assert "installed rbee-fabric 0.1.0 on labnode7" in r.stderr
     assert list(house.glob("*/rbee_fabric-0.1.0-py3-none-any.whl"))
-    venv_python = "/home/rbeelab8/.local/share/rbee/venv/bin/python"
+    venv_python = "/home/rbeelab7/.local/share/rbee/venv/bin/python"
     out = subprocess.run([venv_python, "-c", "import rbee_fabric, asyncssh; print(rbee_fabric.__version__)"],
                          capture_output=True, text=True)  # fmt: skip
     assert out.stdout.strip() == "0.1.0", out.stderr
