@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -166,6 +165,8 @@ async def _repl(session: ChatSession, reporter: Any, where: str) -> None:
 
 async def _answer(session: ChatSession, reporter: Any, text: str) -> None:
     """Stream one answer; Ctrl+C (SIGINT, the terminal is in normal mode) stops it."""
+    import asyncio  # loaded by the running flow; not at import (`rbee --help` never needs it)
+
     from rbee_fabric.cli.ui import err
     from rbee_fabric.errors import RequestCanceled
 

@@ -8,7 +8,6 @@ traceback. Click's own errors (a bad flag, --help, typer.Exit) pass through.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from collections.abc import Coroutine, Iterator
@@ -29,6 +28,8 @@ _CLICK_OWN = (CLICK_EXCEPTION, typer.Exit, typer.Abort)
 
 def run_flow(coro: Coroutine[Any, Any, T]) -> T:
     """Run a keeper flow (its errors reach the command's error context)."""
+    import asyncio  # not at import: `rbee --help` never runs a flow
+
     return asyncio.run(coro)
 
 
@@ -39,7 +40,15 @@ def error_context() -> Iterator[None]:
         yield
     except _CLICK_OWN:
         raise
-    except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        from rbee_fabric.cli.ui import report
+
+        report(exc, debug=G.debug)
+    except BaseException as exc:
+        import asyncio  # only once something was raised (asyncio costs `rbee --help` 40 ms)
+
+        if not isinstance(exc, asyncio.CancelledError):
+            raise
         from rbee_fabric.cli.ui import report
 
         report(exc, debug=G.debug)
