@@ -10,8 +10,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from rbee_fabric.errors import ModelNotFound, UsageError
 
@@ -31,8 +30,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-
 _QUANT = re.compile(r"^(I?Q[0-9][A-Za-z0-9_]*|F16|F32|BF16)$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class ModelRef:
+class ModelRef(NamedTuple):  # not a dataclass: `rbee infer`'s lean path skips importing inspect
     kind: Literal["alias", "file", "hf"]
     raw: str
     path: str | None = None  # file

@@ -9,7 +9,6 @@ the XDG variables are honoured, so tests and several users never collide.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 
@@ -85,6 +84,8 @@ def ensure_api_key(path: Path | None = None) -> str:
     if (key := read_api_key(path)) is not None:
         return key
     ensure_dir(path.parent)
+    import secrets  # only when a key is made: the lean path only reads it
+
     key = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

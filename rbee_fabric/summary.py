@@ -8,8 +8,7 @@ token, and the speed is the decode speed after the first token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def decode_rate(tokens: int, first_token_s: float, total_s: float) -> float:
@@ -20,8 +19,7 @@ def decode_rate(tokens: int, first_token_s: float, total_s: float) -> float:
     return (tokens - 1) / span
 
 
-@dataclass
-class Summary:
+class Summary(NamedTuple):  # a NamedTuple: the lean path never imports dataclasses
     tokens: int
     seconds: float  # start to the last token
     first_token_s: float  # start to the first token

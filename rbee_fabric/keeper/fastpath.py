@@ -20,8 +20,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rbee_fabric import paths
 from rbee_fabric.keeper.fastpath_args import LeanArgs
@@ -33,8 +32,7 @@ RAW_MAX_TOKENS = 256  # as keeper/request.py
 _COLUMNS = "id, node, model_ref, backend, device, url, pid, state, last_health_at, created_at, n_ctx"
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     """Everything decided before the first output: the lean path will serve this."""
 
     args: LeanArgs

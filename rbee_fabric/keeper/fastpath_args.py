@@ -8,12 +8,12 @@ or `--` makes it give up (None), and typer parses the command as always.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
 class LeanArgs:
+    """The flags of `rbee infer` the lean path reads (a plain class: no dataclasses import)."""
+
     model: str
     node: str = "localhost"
     prompt: str | None = None
@@ -35,7 +35,18 @@ class LeanArgs:
     inventory: str | None = None
     debug: bool = False
     infer_at: int = 0  # index of "infer" in argv
-    extra: list[str] = field(default_factory=list)
+    extra: list[str]
+
+    def __init__(self, model: str, **values: Any) -> None:
+        self.model = model
+        self.extra = []
+        for name, value in values.items():
+            if not hasattr(LeanArgs, name) and name != "extra":
+                raise TypeError(f"LeanArgs has no field {name!r}")
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"LeanArgs({vars(self)!r})"
 
 
 def _num(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Any:

@@ -12,9 +12,8 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_HIVE_PORT = 9200
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -48,8 +47,7 @@ _CHECKS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class LocalNode:
+class LocalNode(NamedTuple):
     name: str
     hive_port: int = DEFAULT_HIVE_PORT
     max_replicas: int = 1
