@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -77,6 +76,7 @@ def hive_status(
 
     st = run_flow(main())
     if as_json:
+        import json  # only for --json: `rbee --help` skips it
         print(json.dumps(st.__dict__))
     elif st.running:
         print(f"running  {st.address}  version {st.version}  pid {st.pid}  workers {st.workers}")

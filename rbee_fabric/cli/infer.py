@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -82,6 +81,7 @@ def infer(
     from rbee_fabric.summary import summary_json, summary_line
 
     if as_json:
+        import json  # only for --json: `rbee --help` skips it
         print(json.dumps(summary_json(summary, "".join(reporter.tokens))))
         return
     sys.stdout.write("\n")

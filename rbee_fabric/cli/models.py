@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Annotated, Any
 
 import typer
@@ -29,6 +28,7 @@ def models_list(
 
     models = run_flow(main())
     if as_json:
+        import json  # only for --json: `rbee --help` skips it
         print(json.dumps([m.model_dump() for m in models]))
         return
     if not models:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -22,6 +21,7 @@ def nodes_list(
 
     inv = inventory.load(G.inventory)
     if as_json:
+        import json  # only for --json: `rbee --help` skips it
         print(json.dumps([
             {"name": n.name, "hostname": n.hostname, "local": n.local, "user": n.user,
              "ssh_port": n.ssh_port, "hive_port": n.hive_port, "backend": n.backend,
@@ -88,6 +88,7 @@ def nodes_check(
     reports = run_flow(main())
     ok = all(r.ok for r in reports)
     if as_json:
+        import json  # only for --json: `rbee --help` skips it
         print(json.dumps({"ok": ok, "nodes": [r.to_dict() for r in reports]}, indent=2))
         raise typer.Exit(0 if ok else 1)
     from rich.console import Console

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -64,6 +63,7 @@ def workers_list(
     finally:
         registry.close()
     if as_json:
+        import json  # only for --json: `rbee --help` skips it
         print(json.dumps(rows))
         return
     if not rows:
