@@ -22,6 +22,7 @@ from rbee_fabric.cli.options import (
     TopPOpt,
 )
 from rbee_fabric.cli.run import run_flow
+from rbee_fabric.keeper import defaults
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -42,13 +43,13 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", help="system prompt")] = None,
     chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format when the model has no template (gemma, llama-3, chatml, ...)")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="cap on each answer (default: to the end of the turn)")] = None,
-    temperature: TemperatureOpt = 0.7,
-    top_p: TopPOpt = 0.95,
+    temperature: TemperatureOpt = defaults.TEMPERATURE,
+    top_p: TopPOpt = defaults.TOP_P,
     seed: SeedOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = 0,
-    timeout: LoadTimeoutOpt = 300.0,
-    ctx_size: CtxSizeOpt = 2048,
+    timeout: LoadTimeoutOpt = defaults.LOAD_TIMEOUT_S,
+    ctx_size: CtxSizeOpt = defaults.N_CTX,
     start_hive: StartHiveOpt = True,
 ) -> None:
     """Talk with MODEL on NODE: each answer streams, the conversation is kept."""

@@ -21,6 +21,7 @@ from rbee_fabric.cli.options import (
     TopPOpt,
 )
 from rbee_fabric.cli.run import run_flow
+from rbee_fabric.keeper import defaults
 
 
 def infer(
@@ -31,15 +32,15 @@ def infer(
     system: Annotated[str | None, typer.Option("--system", help="system prompt (chat)")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="plain completion even if the model has a chat template")] = False,
     chat_format: Annotated[str | None, typer.Option("--chat-format", help="chat format to render with (gemma, llama-3, chatml, ...)")] = None,
-    temperature: TemperatureOpt = 0.7,
-    top_p: TopPOpt = 0.95,
+    temperature: TemperatureOpt = defaults.TEMPERATURE,
+    top_p: TopPOpt = defaults.TOP_P,
     seed: SeedOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = 0,
-    timeout: LoadTimeoutOpt = 300.0,
-    queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = 600.0,
-    retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = 3,
-    ctx_size: CtxSizeOpt = 2048,
+    timeout: LoadTimeoutOpt = defaults.LOAD_TIMEOUT_S,
+    queue_timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for a turn on a busy worker")] = defaults.QUEUE_TIMEOUT_S,
+    retry: Annotated[int, typer.Option(min=1, help="attempts to reach the hive")] = defaults.RETRY,
+    ctx_size: CtxSizeOpt = defaults.N_CTX,
     start_hive: StartHiveOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object at the end")] = False,
 ) -> None:

@@ -23,12 +23,12 @@ import uuid
 from typing import Any, NamedTuple
 
 from rbee_fabric import paths
+from rbee_fabric.keeper import defaults
 from rbee_fabric.keeper.fastpath_args import LeanArgs
 from rbee_fabric.keeper.fastpath_net import Daemon, Fallback
 from rbee_fabric.keeper.fastpath_node import LocalNode, local_node
 from rbee_fabric.keeper.fastpath_out import Output
 
-RAW_MAX_TOKENS = 256  # as keeper/request.py
 _COLUMNS = "id, node, model_ref, backend, device, url, pid, state, last_health_at, created_at, n_ctx"
 
 
@@ -205,7 +205,7 @@ def body_of(a: LeanArgs, chat: bool, request_id: str) -> dict[str, Any]:
         if a.system:
             msgs.insert(0, {"role": "system", "content": a.system})
         return {"messages": msgs, "chat_format": a.chat_format, "max_tokens": a.max_tokens} | common
-    return {"prompt": a.prompt, "max_tokens": a.max_tokens or RAW_MAX_TOKENS} | common
+    return {"prompt": a.prompt, "max_tokens": a.max_tokens or defaults.RAW_MAX_TOKENS} | common
 
 
 def mode_note(a: LeanArgs, chat: bool) -> str:

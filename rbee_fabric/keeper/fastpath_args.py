@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rbee_fabric.keeper import defaults
+
 
 class LeanArgs:
     """The flags of `rbee infer` the lean path reads (a plain class: no dataclasses import)."""
@@ -21,15 +23,15 @@ class LeanArgs:
     system: str | None = None
     raw: bool = False
     chat_format: str | None = None
-    temperature: float = 0.7
-    top_p: float = 0.95
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
     seed: int | None = None
     backend: str = "auto"
     device: int = 0
-    timeout: float = 300.0
-    queue_timeout: float = 600.0
-    retry: int = 3
-    ctx_size: int = 2048
+    timeout: float = defaults.LOAD_TIMEOUT_S
+    queue_timeout: float = defaults.QUEUE_TIMEOUT_S
+    retry: int = defaults.RETRY
+    ctx_size: int = defaults.N_CTX
     start_hive: bool = True
     as_json: bool = False
     inventory: str | None = None

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rbee_fabric.keeper import defaults
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 from rbee_fabric.keeper.transport import Transport
 from rbee_fabric.schemas import (
@@ -18,7 +19,7 @@ from rbee_fabric.summary import Summary
 
 __all__ = ["Summary"]  # defined in summary.py, stdlib only (the lean path prints it too)
 
-RAW_MAX_TOKENS = 256  # a raw completion has no end of turn: cap it (a paragraph fits)
+RAW_MAX_TOKENS = defaults.RAW_MAX_TOKENS
 
 
 @dataclass
@@ -32,16 +33,16 @@ class InferOptions:
     chat_format: str | None = None  # render chat with this format (implies chat)
     # Set by the flow: the conversation sent to the worker (None: raw completion).
     messages: list[ChatMessage] | None = None
-    temperature: float = 0.7
-    top_p: float = 0.95
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
     seed: int | None = None
     backend: str = "auto"
     device: int = 0
-    timeout: float = 300.0
-    n_ctx: int = 2048
+    timeout: float = defaults.LOAD_TIMEOUT_S
+    n_ctx: int = defaults.N_CTX
     start_hive: bool = True
-    retry: int = 3
-    queue_timeout: float = 600.0  # seconds a request may wait for its turn on the worker
+    retry: int = defaults.RETRY
+    queue_timeout: float = defaults.QUEUE_TIMEOUT_S
 
 
 class Reporter(Protocol):
