@@ -15,9 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-DEFAULT_HIVE_PORT = 9200
-LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+from rbee_fabric.keeper.nodenames import DEFAULT_HIVE_PORT, LOCAL_NAMES, valid_name
+
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 
@@ -51,13 +50,6 @@ class LocalNode(NamedTuple):
     name: str
     hive_port: int = DEFAULT_HIVE_PORT
     max_replicas: int = 1
-
-
-def valid_name(name: str) -> bool:
-    if name in LOCAL_NAMES:
-        return True
-    labels = name.split(".")
-    return bool(name) and len(name) <= 253 and all(_LABEL.match(lbl) for lbl in labels)
 
 
 def inventory_path(explicit: str | None) -> Path | None:

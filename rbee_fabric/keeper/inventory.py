@@ -7,7 +7,6 @@ else a built-in inventory holding only `localhost`.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
 from collections.abc import Callable
@@ -18,11 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rbee_fabric.errors import InventoryError, UnknownNode, UsageError
+from rbee_fabric.keeper.nodenames import DEFAULT_HIVE_PORT, LOCAL_NAMES, valid_name
 
-DEFAULT_HIVE_PORT = 9200
 DEFAULT_MAX_QUEUE = 64
-LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 
 
 class NodeEntry(BaseModel):
@@ -131,10 +128,7 @@ def _resolves(host: str) -> bool:
 
 def validate_node_name(name: str) -> None:
     """Refuse anything that is not a DNS name (or a loopback literal)."""
-    if name in LOCAL_NAMES:
-        return
-    labels = name.split(".")
-    if not name or len(name) > 253 or not all(_LABEL.match(lbl) for lbl in labels):
+    if not valid_name(name):
         raise UsageError(
             f"invalid node name {name!r}",
             hint="node names are DNS labels: letters, digits and '-', separated by dots",
