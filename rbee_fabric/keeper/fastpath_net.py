@@ -40,6 +40,18 @@ class HttpError(Exception):
         self.body = body
 
 
+_listeners: dict[int, set[int]] | None = None
+
+
+def _owner(port: int) -> int | None:
+    """sockowner.listener_uid from one scan per lean process (the worker's and the hive's
+    ports are checked milliseconds apart; each scan of /proc/net/tcp* costs ~7 ms)."""
+    global _listeners
+    if _listeners is None:
+        _listeners = sockowner.listening()
+    return sockowner.owner(port, _listeners)
+
+
 class Daemon:
     """A proven connection to one loopback daemon (hive or worker)."""
 
@@ -57,7 +69,7 @@ class Daemon:
         self.conn.close()
 
     def prove(self) -> None:
-        uid = sockowner.listener_uid(self.port)
+        uid = _owner(self.port)
         if uid is not None and uid != os.getuid():
             raise Fallback("the port belongs to another user")
         nonce = proof.new_nonce()

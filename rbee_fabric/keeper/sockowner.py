@@ -15,12 +15,9 @@ from pathlib import Path
 _LISTEN = "0A"
 
 
-def listener_uid(port: int, proc_net: Path = Path("/proc/net")) -> int | None:
-    """The uid owning the listening socket on port (any local address), or None.
-
-    With several listeners on the port (IPv4 and IPv6), a foreign owner wins.
-    """
-    uids: set[int] = set()
+def listening(proc_net: Path = Path("/proc/net")) -> dict[int, set[int]]:
+    """Every listening TCP port of this machine with the uids holding it (one scan)."""
+    table: dict[int, set[int]] = {}
     for name in ("tcp", "tcp6"):
         try:
             lines = (proc_net / name).read_text().splitlines()[1:]
@@ -32,14 +29,27 @@ def listener_uid(port: int, proc_net: Path = Path("/proc/net")) -> int | None:
                 continue
             _, _, hexport = cols[1].rpartition(":")
             try:
-                if int(hexport, 16) == port:
-                    uids.add(int(cols[7]))
+                table.setdefault(int(hexport, 16), set()).add(int(cols[7]))
             except ValueError:
                 continue
+    return table
+
+
+def owner(port: int, table: dict[int, set[int]]) -> int | None:
+    """The uid owning port in a `listening()` table, or None; a foreign owner wins."""
+    uids = table.get(port, set())
     foreign = sorted(uids - {os.getuid()})
     if foreign:
         return foreign[0]
     return os.getuid() if uids else None
+
+
+def listener_uid(port: int, proc_net: Path = Path("/proc/net")) -> int | None:
+    """The uid owning the listening socket on port (any local address), or None.
+
+    With several listeners on the port (IPv4 and IPv6), a foreign owner wins.
+    """
+    return owner(port, listening(proc_net))
 
 
 def user_name(uid: int) -> str:
