@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rbee_fabric.errors import NoChatTemplate
 from rbee_fabric.ggufmeta import read_info
 from rbee_fabric.schemas import ChatMessage, InferenceRequest
 from rbee_fabric.worker.chat import ChatTemplates, TokenInfo
 from rbee_fabric.worker.engine import Generation, LlamaEngine
-from rbee_fabric.worker.textfilter import SpecialTokenFilter, is_special
+from rbee_fabric.worker.textfilter import SpecialTokenFilter, SpecialTokens, is_special
 from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_gguf
 
 CONVERSATION = [
@@ -155,6 +158,24 @@ def test_text_that_only_looks_like_a_token_start_comes_out_unchanged() -> None:
     assert text == "x < y and <b>bold</b> <ending>"
     # Nothing is held back longer than needed: "x < y and " goes out with the first chunk.
     assert out[0].startswith("x < y and ")
+
+
+_OVERLAPPING = ["<eos>", "<eos>>", "<e", "[x]", "<end_of_turn>", "<"]
+
+
+@given(st.lists(st.sampled_from([*_OVERLAPPING, "e", "o", "s", ">", " ", "x", "]", "a"])))
+def test_the_scan_removes_what_a_longest_first_regex_would(parts: list[str]) -> None:
+    text = "".join(parts)
+    ordered = sorted(_OVERLAPPING, key=len, reverse=True)
+    expected = re.sub("|".join(re.escape(s) for s in ordered), "", text)
+    assert SpecialTokens(_OVERLAPPING).strip(text) == expected
+
+
+def test_the_tables_are_built_once_and_shared_by_each_request() -> None:
+    table = SpecialTokens(SPECIALS)
+    first, second = SpecialTokenFilter(table), SpecialTokenFilter(table)
+    assert first.feed("a<eo") == "a" and second.feed("b") == "b"  # state is per request
+    assert first.feed("s>c") == "c"
 
 
 def test_which_vocabulary_entries_count_as_special() -> None:
