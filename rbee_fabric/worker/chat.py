@@ -75,6 +75,7 @@ class ChatTemplates:
         self.architecture = metadata.get("general.architecture")
         self.tokens = tokens
         self._warned = False
+        self._formatter: Any = None  # the compiled GGUF template (stop ids are the model's)
 
     def default_name(self) -> str | None:
         """What a request without `chat_format` is rendered with (None: cannot chat)."""
@@ -116,12 +117,14 @@ class ChatTemplates:
 
         assert self.template is not None
         t = self.tokens
-        formatter = Jinja2ChatFormatter(
-            template=self.template, eos_token=t.eos, bos_token=t.bos,
-            stop_token_ids=sorted(stop_ids),
-        )  # fmt: skip
+        if self._formatter is None:  # compiling the template costs ms: once per model
+            self._formatter = Jinja2ChatFormatter(
+                template=self.template, eos_token=t.eos, bos_token=t.bos,
+                stop_token_ids=sorted(stop_ids),
+            )  # fmt: skip
+        formatter = self._formatter
         try:
-            res = formatter(messages=msgs)  # type: ignore[arg-type]
+            res = formatter(messages=msgs)
         except Exception as exc:  # a template that fails on these messages
             raise NoChatTemplate(
                 f"the model's chat template failed to render the conversation: {exc}",
