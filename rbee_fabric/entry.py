@@ -46,7 +46,7 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
         plan = fastpath.plan(lean)
     except Fallback as exc:
         if isinstance(exc.node, LocalNode) and lean.start_hive:
-            _start_hive_early(exc.node)
+            _start_hive_early(exc.node, lean)
         return args
     except KeyboardInterrupt:
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Canceled.\n")  # after the ^C echo
@@ -54,14 +54,22 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
     raise SystemExit(fastpath.run(plan, started))
 
 
-def _start_hive_early(node: object) -> None:
-    """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py)."""
+def _start_hive_early(node: object, lean: object) -> None:
+    """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py),
+    with the request about to be made, so that its worker starts loading at once."""
     import contextlib
+    import json
 
+    from rbee_fabric import modelref
+    from rbee_fabric.keeper.fastpath_args import LeanArgs
     from rbee_fabric.keeper.fastpath_hive import start_early
     from rbee_fabric.keeper.fastpath_node import LocalNode
     from rbee_fabric.keeper.fastpath_out import Output
 
-    assert isinstance(node, LocalNode)
+    assert isinstance(node, LocalNode) and isinstance(lean, LeanArgs)
     with contextlib.suppress(Exception):  # the full path tries again and says what fails
-        start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim)
+        preload = json.dumps({
+            "model": modelref.parse(lean.model).canonical, "n_ctx": lean.ctx_size,
+            "backend": lean.backend, "device": lean.device, "safe_mode": node.safe_mode,
+        })  # fmt: skip
+        start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim, preload)

@@ -30,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stop workers idle longer than this many seconds (default 300)",
     )  # fmt: skip
     p.add_argument("--worker-ports", type=_port_range, default=(9300, 9399))
+    p.add_argument(
+        "--preload", metavar="JSON", default=None,
+        help='the request a keeper is about to make, {"model": REF, "n_ctx": N, "backend": B, '
+        '"device": D, "safe_mode": POLICY}: its worker starts loading before the hive is up',
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"rbee-hive {__version__}")
     return p.parse_args(argv)
 
@@ -42,13 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from rbee_fabric.errors import RbeeError
-    from rbee_fabric.hive.app import HiveSettings, create_app
-    from rbee_fabric.hive.forker import Template
-    from rbee_fabric.httpserver import bind_socket, serve
-
-    # The worker template: a fork of this process now (its imports done, no thread
-    # started, no socket bound); it imports llama_cpp while this one goes on.
-    template = Template.start()
 
     data = paths.ensure_dir(paths.data_dir())
     try:
@@ -56,10 +54,26 @@ def main(argv: list[str] | None = None) -> int:
     except RbeeError as exc:
         print(f"rbee-hive: {exc}; {exc.hint}", file=sys.stderr)
         return 2
+    speculation = None
+    if args.preload:  # before the imports below: the model loads while they run
+        from rbee_fabric.hive import speculate
+
+        speculation = speculate.start(args.preload, data, api_key)
+
+    from rbee_fabric.hive.app import HiveSettings, create_app
+    from rbee_fabric.hive.forker import Template
+    from rbee_fabric.httpserver import bind_socket, serve
+
+    # The worker template: a fork of this process now (its imports done, no thread
+    # started, no socket bound); it imports llama_cpp while this one goes on.
+    keep_out = speculation.pipe_fd if speculation is not None else None
+    template = Template.start(close=(keep_out,) if keep_out is not None else ())
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         print(f"rbee-hive: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        if speculation is not None:
+            speculation.cancel("the hive cannot start")
         return 3
     settings = HiveSettings(
         host=args.host,
@@ -70,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout_s=args.idle_timeout,
         worker_ports=args.worker_ports,
         template=template,
+        speculation=speculation,
     )
     pidfile.write_hive(settings.port)
     try:

@@ -20,6 +20,7 @@ from rbee_fabric.hive.forker import Template
 from rbee_fabric.hive.provision import Provisioner
 from rbee_fabric.hive.safemode import SafeModeStore
 from rbee_fabric.hive.scheduler import Scheduler
+from rbee_fabric.hive.speculate import Speculation
 from rbee_fabric.hive.supervisor import Supervisor, SupervisorSettings
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.resources import gather, llama_backend_probe
@@ -54,6 +55,7 @@ class HiveSettings:
     worker_ports: tuple[int, int] = (9300, 9399)
     llama_backend: str | None = None  # probed once at start when None
     template: Template | None = None  # the worker template (forker.py), started by __main__
+    speculation: Speculation | None = None  # a worker started before the imports (speculate.py)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -81,6 +83,7 @@ class Hive:
                 port_range=settings.worker_ports,
                 safe_store=self.safe_mode,
                 template=settings.template,
+                speculation=settings.speculation,
             )
         )
         self._llama_backend = settings.llama_backend

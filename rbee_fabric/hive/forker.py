@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -61,6 +62,35 @@ class ForkedProcess:
             self._done.set()
 
 
+class PopenProcess:
+    """A subprocess.Popen child (a speculative worker, hive/speculate.py) as a WorkerProc:
+    a thread of its own waits for it (not the loop's executor, which it would hold)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        threading.Thread(target=self._wait, daemon=True, name=f"wait-{popen.pid}").start()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode if self._done.is_set() else None
+
+    def _wait(self) -> None:
+        self._popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._done.set)
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self._popen.returncode is not None
+        return self._popen.returncode
+
+
 def enabled() -> bool:
     """Fork workers from a template: Linux, unless RBEE_WORKER_TEMPLATE=0."""
     return sys.platform.startswith("linux") and os.environ.get("RBEE_WORKER_TEMPLATE", "1") != "0"
@@ -83,8 +113,9 @@ class Template:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def start(cls) -> Template | None:
-        """Fork the template now; call after the hive's imports, before any thread starts."""
+    def start(cls, close: tuple[int, ...] = ()) -> Template | None:
+        """Fork the template now; call after the hive's imports, before any thread starts.
+        close: file descriptors of the hive the template must not hold."""
         if not enabled():
             return None
         if threading.active_count() > 1:
@@ -93,7 +124,7 @@ class Template:
         from rbee_fabric.hive.template import fork_template
 
         try:
-            return cls(*fork_template())
+            return cls(*fork_template(close))
         except OSError as exc:
             log.warning("no worker template (%s): workers start as new processes", exc)
             return None

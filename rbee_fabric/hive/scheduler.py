@@ -98,7 +98,9 @@ class Scheduler:
         async with self._locks.setdefault(config, asyncio.Lock()):
             live = self._live(config)
             if not live:
-                check_fit(need, backend, req.device, self._unreserved(res), model.reference)
+                # A speculative worker of this model has its memory already: no check.
+                if not self.supervisor.speculating(model.path, backend, config.device, n_ctx):
+                    check_fit(need, backend, req.device, self._unreserved(res), model.reference)
                 return await self._spawn(model, config, need, max_queue, req.safe_mode)
             if len(live) == 1 and max_replicas <= 1:
                 return self._send(live[0])  # the common case: no probe needed

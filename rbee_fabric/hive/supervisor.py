@@ -21,7 +21,8 @@ import httpx
 from rbee_fabric import cpufeatures, proof
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
 from rbee_fabric.hive import safemode
-from rbee_fabric.hive.forker import Template, WorkerProc
+from rbee_fabric.hive.forker import PopenProcess, Template, WorkerProc
+from rbee_fabric.hive.speculate import LoadSpec, Speculation, ttl_s
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
 
 log = logging.getLogger("rbee.hive")
@@ -42,6 +43,7 @@ class SupervisorSettings:
     python: str = sys.executable
     safe_store: safemode.SafeModeStore | None = None
     template: Template | None = None  # workers are forked from it when set
+    speculation: Speculation | None = None  # a worker started before the hive's imports
 
 
 @dataclass
@@ -99,17 +101,23 @@ class Supervisor:
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0), verify=False)
         self._reaper: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[bool]] = set()
+        self._speculation = settings.speculation
+        self._expiry: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle())
+        if self._speculation is not None:
+            self._expiry = asyncio.create_task(self._expire_speculation(self._speculation))
 
     async def close(self) -> None:
-        if self._reaper:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for task in (self._reaper, self._expiry):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._drop_speculation("the hive is stopping")
         await asyncio.gather(*(self.stop(wid, reason="hive stopping") for wid in list(self.workers)))
         await self._client.aclose()
 
@@ -120,7 +128,10 @@ class Supervisor:
         safe_mode: bool = False, safe_reason: str | None = None, safe_policy: str = "auto",
         max_queue: int = 64,
     ) -> WorkerInfo:  # fmt: skip
-        wid = f"w-{uuid.uuid4().hex[:10]}"
+        pre = await self._take_speculation(
+            LoadSpec(model.path, n_ctx, backend, device if backend != "cpu" else 0, safe_mode)
+        )
+        wid = pre.wid if pre is not None else f"w-{uuid.uuid4().hex[:10]}"
         port = free_port(self.s.host, *self.s.port_range)
         host = f"[{self.s.host}]" if ":" in self.s.host else self.s.host
         url = f"http://{host}:{port}"
@@ -134,7 +145,17 @@ class Supervisor:
             "--backend", backend, "--device", str(device), "--n-ctx", str(n_ctx),
             "--key-file", self.s.key_file, "--max-queue", str(max_queue),
         ]  # fmt: skip
-        proc = await self._launch([*cmd, "--safe-mode"] if safe_mode else cmd, log_path)
+        identity = {"host": self.s.host, "port": port, "hive_url": self.s.hive_url,
+                    "key_file": self.s.key_file, "max_queue": max_queue}  # fmt: skip
+        proc: WorkerProc
+        if pre is not None and pre.adopt(identity):
+            proc = PopenProcess(pre.proc)
+            log.info("adopted speculative worker %s (pid %d): its model is loaded or loading",
+                     wid, proc.pid)  # fmt: skip
+        else:
+            if pre is not None:
+                await asyncio.to_thread(pre.cancel, "it exited before it was adopted")
+            proc = await self._launch([*cmd, "--safe-mode"] if safe_mode else cmd, log_path)
         info = WorkerInfo(
             id=wid, model_id=model.id, model_reference=model.reference, url=url,
             pid=proc.pid, backend=backend, device=device, state="starting",
@@ -146,6 +167,38 @@ class Supervisor:
         worker.watcher = asyncio.create_task(self._watch(worker))
         log.info("spawned worker %s pid %d on %s for %s", wid, proc.pid, url, model.reference)
         return info
+
+    # ----------------------------------------------------- speculative worker
+
+    def speculating(self, model_path: str, backend: str, device: int, n_ctx: int) -> bool:
+        """Whether a speculative worker holds this model already (its memory is taken)."""
+        pre = self._speculation
+        return pre is not None and pre.spec[:4] == (
+            model_path, n_ctx, backend, device if backend != "cpu" else 0
+        )
+
+    async def _take_speculation(self, spec: LoadSpec) -> Speculation | None:
+        """The speculative worker when it loads exactly spec; else it is ended."""
+        pre, self._speculation = self._speculation, None
+        if pre is None:
+            return None
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if pre.spec != spec:
+            await asyncio.to_thread(pre.cancel, f"the hive decided on {spec}, not {pre.spec}")
+            return None
+        return pre
+
+    async def _drop_speculation(self, why: str) -> None:
+        pre, self._speculation = self._speculation, None
+        if pre is not None:
+            await asyncio.to_thread(pre.cancel, why)
+
+    async def _expire_speculation(self, pre: Speculation) -> None:
+        ttl = ttl_s()
+        await asyncio.sleep(max(0.0, ttl - (time.monotonic() - pre.started)))
+        if self._speculation is pre:
+            await self._drop_speculation(f"nobody asked for it in {ttl:g} s")
 
     async def _launch(self, cmd: list[str], log_path: Path) -> WorkerProc:
         env = {**os.environ, "RBEE_API_KEY": self.s.api_key, "PYTHONUNBUFFERED": "1",

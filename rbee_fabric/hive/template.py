@@ -223,8 +223,9 @@ def _template_main(req_fd: int, rep_fd: int, hive_pid: int) -> int:
     return serve(req_fd, rep_fd)
 
 
-def fork_template() -> tuple[int, int, int]:
-    """Fork the template from this (single-threaded) process: (pid, request fd, reply fd)."""
+def fork_template(close: tuple[int, ...] = ()) -> tuple[int, int, int]:
+    """Fork the template from this (single-threaded) process: (pid, request fd, reply fd).
+    close: descriptors of the hive the template closes (a pipe whose EOF matters)."""
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
     hive_pid = os.getpid()
@@ -234,6 +235,9 @@ def fork_template() -> tuple[int, int, int]:
         try:
             os.close(req_w)
             os.close(rep_r)
+            for fd in close:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             code = _template_main(req_r, rep_w, hive_pid)
         except BaseException:
             import traceback

@@ -32,10 +32,12 @@ def listening(port: int) -> bool:
     return False
 
 
-def start_early(node: str, port: int, note: object) -> bool:
+def start_early(node: str, port: int, note: object, preload: str | None = None) -> bool:
     """Start the hive of node on port unless one answers or is being started; True if started.
 
-    note(msg) prints the line the full path would print about it.
+    note(msg) prints the line the full path would print about it. preload: the
+    request about to be made (JSON, hive/speculate.py): its worker starts loading
+    before the hive is up.
     """
     if listening(port):
         return False
@@ -53,7 +55,7 @@ def start_early(node: str, port: int, note: object) -> bool:
         paths.ensure_dir(paths.logs_dir())
         paths.ensure_api_key()
         note(f"rbee-hive is not running on {node}; starting it")  # type: ignore[operator]
-        proc = _spawn(port)
+        proc = _spawn(port, preload)
     except BaseException:
         os.close(fd)
         raise
@@ -61,9 +63,11 @@ def start_early(node: str, port: int, note: object) -> bool:
     return True
 
 
-def _spawn(port: int) -> subprocess.Popen[bytes]:
+def _spawn(port: int, preload: str | None) -> subprocess.Popen[bytes]:
     """As LocalTransport.start_hive: detached, logging to the data directory."""
     cmd = [sys.executable, "-m", "rbee_fabric.hive", "--port", str(port)]
+    if preload is not None:
+        cmd += ["--preload", preload]
     log_fd = os.open(paths.hive_log_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with open(log_fd, "ab") as log:
         return subprocess.Popen(

@@ -50,6 +50,7 @@ class LocalNode(NamedTuple):
     name: str
     hive_port: int = DEFAULT_HIVE_PORT
     max_replicas: int = 1
+    safe_mode: str = "auto"
 
 
 def inventory_path(explicit: str | None) -> Path | None:
@@ -99,8 +100,9 @@ def local_node(name: str, explicit_inventory: str | None) -> LocalNode | None:
         if not local:
             return None  # over SSH: the full path
         return LocalNode(
-            name, entry.get("hive_port", DEFAULT_HIVE_PORT), entry.get("max_replicas", 1)
-        )
+            name, entry.get("hive_port", DEFAULT_HIVE_PORT), entry.get("max_replicas", 1),
+            entry.get("safe_mode", "auto"),
+        )  # fmt: skip
     if name in LOCAL_NAMES or name == socket.gethostname():
         return LocalNode(name)
     return None

@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-id", required=True)
     p.add_argument("--model", required=True, help="path of the GGUF file")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, help="port to listen on (required unless --speculate)")
     p.add_argument("--hive-url", default=None, help="where to send the ready callback")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "metal"])
     p.add_argument("--device", type=int, default=0)
@@ -42,8 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="turn off llama.cpp's extra buffer types (no AMX, no weight repacking): "
         "for CPUs where those kernels crash",
     )  # fmt: skip
+    p.add_argument(
+        "--speculate", action="store_true",
+        help="load the model now, then wait for the hive to adopt this worker: one JSON line "
+        "on stdin with host, port, hive_url, key_file and max_queue (EOF: exit)",
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"llm-worker-rbee {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.port is None and not args.speculate:
+        p.error("the following arguments are required: --port")
+    return args
 
 
 def die_with_parent(expected: int) -> None:
@@ -80,22 +88,42 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     if hive_pid := os.environ.get("RBEE_HIVE_PID"):
         die_with_parent(int(hive_pid))
+    # The log goes to a copy of stderr: llama-cpp-python points fds 1 and 2 at
+    # /dev/null while it loads a model (verbose=False), and the load runs beside
+    # the rest of the start-up (worker/preload.py), whose lines would be lost.
+    log_stream = os.fdopen(os.dup(2), "w", buffering=1)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=log_stream,
+    )  # fmt: skip
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # A crash in the engine (SIGSEGV...) leaves the crashing thread's Python stack
-    # in the worker log (one thread: the log tail the keeper shows stays short).
-    faulthandler.enable(all_threads=False)
+    # in the worker log (one thread: the log tail the keeper shows stays short),
+    # also when it happens while loading.
+    faulthandler.enable(file=log_stream, all_threads=False)
     api_key = os.environ.get("RBEE_API_KEY")
     if not api_key:
         print("llm-worker-rbee: RBEE_API_KEY is not set", file=sys.stderr)
         return 2
 
+    from rbee_fabric.worker.engine import make_engine
+    from rbee_fabric.worker.preload import EarlyLoad, speculate_identity
+
+    # The load starts before the web stack is imported (worker/preload.py).
+    engine = make_engine(
+        args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
+        safe_mode=args.safe_mode,
+    )  # fmt: skip
+    loader = EarlyLoad(engine)
     from rbee_fabric.httpserver import bind_socket, serve
     from rbee_fabric.worker.app import WorkerSettings, create_app
-    from rbee_fabric.worker.engine import make_engine
 
+    if args.speculate:
+        if (identity := speculate_identity()) is None:
+            os._exit(0)  # the hive did not need this worker; no clean-up to wait for
+        for key, value in identity.items():
+            setattr(args, key, value)
+        logging.getLogger("rbee").info("worker %s adopted by the hive", args.worker_id)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
@@ -112,15 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         n_ctx=args.n_ctx,
         max_queue=args.max_queue,
     )
-    engine = make_engine(
-        args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
-        safe_mode=args.safe_mode,
-    )  # fmt: skip
     log = logging.getLogger("rbee")
     log.info("worker %s listening on %s", args.worker_id, settings.url)
     if args.safe_mode:
         log.info("safe mode: llama.cpp extra buffer types off (no AMX, no weight repacking)")
-    app = create_app(settings, engine)
+    app = create_app(settings, engine, loader)
     serve(app, sock)
     return int(getattr(app.state, "exit_code", 0))
 

@@ -33,6 +33,7 @@ from rbee_fabric.schemas import (
 )
 from rbee_fabric.worker.admission import DEFAULT_MAX_QUEUE, Admission, Ticket
 from rbee_fabric.worker.engine import Engine, Generation
+from rbee_fabric.worker.preload import EarlyLoad
 
 log = logging.getLogger("rbee.worker")
 
@@ -89,14 +90,15 @@ class WorkerState:
         return LoadingProgress(stage=stage, progress=self.progress, error=self.error)  # type: ignore[arg-type]
 
 
-def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
-    """The worker app; the model loads in the background once HTTP is up."""
+def create_app(settings: WorkerSettings, engine: Engine, loader: EarlyLoad | None = None) -> FastAPI:
+    """The worker app; the model loads in the background (started by loader already,
+    or once HTTP is up)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = WorkerState(settings, engine)
         app.state.worker = state
-        boot = asyncio.create_task(_boot(app, state))
+        boot = asyncio.create_task(_boot(app, state, loader))
         try:
             yield
         finally:
@@ -355,7 +357,7 @@ async def _release_after(w: WorkerState, current: _Current, thread: threading.Th
     _release(w, current)
 
 
-async def _boot(app: FastAPI, w: WorkerState) -> None:
+async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
     """After HTTP is up: call the hive back, load the model, report the outcome."""
     s = w.settings
     await _callback(s, "loading")
@@ -368,12 +370,8 @@ async def _boot(app: FastAPI, w: WorkerState) -> None:
         return not w.stopping
 
     try:
-        await asyncio.to_thread(w.engine.load, progress)
-        # Prove the engine before reporting ready: a crash of its kernels (AMX on
-        # some CPUs) then happens while loading, where the hive can react.
-        t0 = time.monotonic()
-        await asyncio.to_thread(w.engine.warm_up)
-        log.info("warm-up done in %.0f ms", (time.monotonic() - t0) * 1000)
+        # The load and the warm-up (worker/preload.py), started before the imports or now.
+        await asyncio.to_thread((loader or EarlyLoad(w.engine)).finish, progress)
     except Exception as exc:
         message = f"model failed to load: {exc}"
         log.error("%s (%s)", message, s.model_path)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rbee_fabric.errors import NoChatTemplate
-from rbee_fabric.schemas import ChatMessage
+
+if TYPE_CHECKING:  # pydantic costs ~0.3 s: a worker starts loading before it
+    from rbee_fabric.schemas import ChatMessage
 
 log = logging.getLogger("rbee.worker")
 

@@ -14,10 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rbee_fabric.errors import ContextTooLong
-from rbee_fabric.schemas import InferenceRequest
 from rbee_fabric.worker.chat import ChatTemplates, TokenInfo
 from rbee_fabric.worker.textfilter import (
     ATTR_CONTROL,
@@ -26,6 +25,9 @@ from rbee_fabric.worker.textfilter import (
     SpecialTokens,
     is_special,
 )
+
+if TYPE_CHECKING:  # pydantic costs ~0.3 s: a worker starts loading before it
+    from rbee_fabric.schemas import InferenceRequest
 
 log = logging.getLogger("rbee.worker")
 

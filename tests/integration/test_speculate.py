@@ -1,0 +1,132 @@
+"""The speculative first worker: a cold `rbee infer` starts loading its model before
+the hive is up, and the hive adopts that worker only when it would load the same."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Hive, RbeeHome, start_hive, stop_hive
+from tests.integration.test_hive import alive, provision, spawn, wait_state
+
+STARTED = re.compile(r"speculative worker (w-\w+) \(pid (\d+)\) loading")
+
+
+def _hive_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _speculative(log: Path, timeout: float = 30) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m := STARTED.search(_hive_log(log)):
+            return m.group(1), int(m.group(2))
+        time.sleep(0.05)
+    raise AssertionError(f"no speculative worker started:\n{_hive_log(log)}")
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _preload(model: Path, **over: object) -> str:
+    return json.dumps({"model": f"file:{model}", "n_ctx": 256, "backend": "auto",
+                       "device": 0, "safe_mode": "auto", **over})  # fmt: skip
+
+
+def _catalogued(home: RbeeHome, model: Path) -> None:
+    """The model in the node's catalog, and no hive running (a cold start next)."""
+    h = start_hive(home)
+    provision(h, model)
+    stop_hive(h)
+
+
+def _hive_log_of(h: Hive) -> Path:
+    return h.home.data.parent / f"hive-{h.port}.log"
+
+
+def test_a_cold_infer_is_served_by_the_worker_that_loaded_before_the_hive_was_up(
+    rbee_home: RbeeHome, tiny_model: Path
+) -> None:
+    rbee_home.local_node()
+    base = ("infer", "--model", f"file:{tiny_model}", "--prompt", "hello", "--max-tokens", "4",
+            "--seed", "3", "--temperature", "0", "--ctx-size", "256")  # fmt: skip
+    first = rbee_home.run(*base)  # registers the model (no catalog entry yet: no speculation)
+    assert first.returncode == 0, first.stderr
+    log = rbee_home.data / "logs" / "hive.log"
+    assert "speculative worker" not in _hive_log(log)
+    assert rbee_home.run("hive", "stop", "localhost").returncode == 0
+    try:
+        cold = rbee_home.run(*base, "--json")
+        assert cold.returncode == 0, cold.stderr
+        wid, pid = _speculative(log)
+        assert json.loads(cold.stdout)["worker_id"] == wid
+        assert f"adopted speculative worker {wid} (pid {pid})" in _hive_log(log)
+        worker_log = (rbee_home.data / "logs" / f"worker-{wid}.log").read_text()
+        # The lines written while llama.cpp held stderr (it loads beside the start-up) are kept.
+        for line in (f"worker {wid} adopted by the hive", f"worker {wid} listening on", "warm-up done"):
+            assert line in worker_log, worker_log
+        listed = rbee_home.run("workers", "list", "--node", "localhost")
+        assert wid in listed.stdout, listed.stdout
+        # The stderr of the run reads as any cold start: the hive and a worker started.
+        assert "starting it" in cold.stderr and "starting a worker" in cold.stderr, cold.stderr
+    finally:
+        rbee_home.run("hive", "stop", "localhost")
+    assert _gone(pid), "the adopted worker goes with its hive"
+
+
+def test_a_worker_that_would_load_differently_is_ended_not_adopted(
+    rbee_home: RbeeHome, tiny_model: Path
+) -> None:
+    _catalogued(rbee_home, tiny_model)
+    h = start_hive(rbee_home, "--preload", _preload(tiny_model, n_ctx=256))
+    try:
+        wid, pid = _speculative(_hive_log_of(h))
+        model_id = httpx.get(f"{h.url}/v1/models", headers=h.headers).json()["models"][0]["id"]
+        w = spawn(h, model_id, n_ctx=128)  # another context size: another load
+        assert w["id"] != wid and w["pid"] != pid and w["spawned"] is True
+        assert _gone(pid), "the speculative worker must not outlive the decision"
+        assert f"ending speculative worker {wid}" in _hive_log(_hive_log_of(h))
+        wait_state(h, w["id"], "idle")
+    finally:
+        stop_hive(h)
+
+
+def test_an_unclaimed_worker_ends_after_its_time_and_with_the_hive(
+    rbee_home: RbeeHome, tiny_model: Path
+) -> None:
+    _catalogued(rbee_home, tiny_model)
+    h = start_hive(rbee_home, "--preload", _preload(tiny_model), env={"RBEE_SPECULATION_TTL_S": "1"})
+    try:
+        _, pid = _speculative(_hive_log_of(h))
+        assert _gone(pid), "nobody asked for it: it must not stay loaded"
+        assert "nobody asked for it in 1 s" in _hive_log(_hive_log_of(h))
+        assert httpx.get(f"{h.url}/v1/workers", headers=h.headers).json()["workers"] == []
+    finally:
+        stop_hive(h)
+    h = start_hive(rbee_home, "--preload", _preload(tiny_model))
+    _, pid = _speculative(_hive_log_of(h))
+    assert stop_hive(h) == 0
+    assert _gone(pid, timeout=10), "a speculative worker goes with its hive"
+
+
+def test_no_speculation_without_a_catalog_entry_or_with_a_bad_hint(
+    rbee_home: RbeeHome, tiny_model: Path
+) -> None:
+    for hint in (_preload(tiny_model), "{not json", json.dumps({"model": 3})):
+        h = start_hive(rbee_home, "--preload", hint)
+        try:
+            assert httpx.get(f"{h.url}/v1/health").status_code == 200
+            assert "speculative worker" not in _hive_log(_hive_log_of(h))
+        finally:
+            stop_hive(h)
+    assert "ignoring --preload" in _hive_log(_hive_log_of(h))
