@@ -58,18 +58,16 @@ def _start_hive_early(node: object, lean: object) -> None:
     """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py),
     with the request about to be made, so that its worker starts loading at once."""
     import contextlib
-    import json
 
     from rbee_fabric import modelref
     from rbee_fabric.keeper.fastpath_args import LeanArgs
     from rbee_fabric.keeper.fastpath_hive import start_early
     from rbee_fabric.keeper.fastpath_node import LocalNode
     from rbee_fabric.keeper.fastpath_out import Output
+    from rbee_fabric.keeper.preloadhint import preload_hint
 
     assert isinstance(node, LocalNode) and isinstance(lean, LeanArgs)
     with contextlib.suppress(Exception):  # the full path tries again and says what fails
-        preload = json.dumps({
-            "model": modelref.parse(lean.model).canonical, "n_ctx": lean.ctx_size,
-            "backend": lean.backend, "device": lean.device, "safe_mode": node.safe_mode,
-        })  # fmt: skip
+        ref = modelref.parse(lean.model).canonical
+        preload = preload_hint(ref, lean.ctx_size, lean.backend, lean.device, node.safe_mode)
         start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim, preload)

@@ -9,6 +9,9 @@ import sys
 
 from rbee_fabric import __version__, paths, pidfile
 
+PRELOAD_ENV = "RBEE_HIVE_PRELOAD"
+"""The --preload hint, as keepers pass it."""
+
 
 def _port_range(text: str) -> tuple[int, int]:
     lo, _, hi = text.partition("-")
@@ -33,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--preload", metavar="JSON", default=None,
         help='the request a keeper is about to make, {"model": REF, "n_ctx": N, "backend": B, '
-        '"device": D, "safe_mode": POLICY}: its worker starts loading before the hive is up',
+        '"device": D, "safe_mode": POLICY}: its worker starts loading before the hive is up '
+        "(keepers set RBEE_HIVE_PRELOAD instead)",
     )  # fmt: skip
     p.add_argument("--version", action="version", version=f"rbee-hive {__version__}")
     return p.parse_args(argv)
@@ -55,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rbee-hive: {exc}; {exc.hint}", file=sys.stderr)
         return 2
     speculation = None
-    if args.preload:  # before the imports below: the model loads while they run
+    # Keepers pass the hint in the environment: a hive of another version ignores it.
+    preload = os.environ.pop(PRELOAD_ENV, None) or args.preload
+    if preload:  # before the imports below: the model loads while they run
         from rbee_fabric.hive import speculate
 
-        speculation = speculate.start(args.preload, data, api_key)
+        speculation = speculate.start(preload, data, api_key)
 
     from rbee_fabric.hive.app import HiveSettings, create_app
     from rbee_fabric.hive.forker import Template

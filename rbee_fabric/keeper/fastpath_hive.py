@@ -66,13 +66,14 @@ def start_early(node: str, port: int, note: object, preload: str | None = None) 
 def _spawn(port: int, preload: str | None) -> subprocess.Popen[bytes]:
     """As LocalTransport.start_hive: detached, logging to the data directory."""
     cmd = [sys.executable, "-m", "rbee_fabric.hive", "--port", str(port)]
-    if preload is not None:
-        cmd += ["--preload", preload]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if preload is not None:  # in the environment: a hive of another version ignores it
+        env["RBEE_HIVE_PRELOAD"] = preload
     log_fd = os.open(paths.hive_log_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with open(log_fd, "ab") as log:
         return subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True, close_fds=True, env=env,
         )  # fmt: skip
 
 

@@ -90,8 +90,10 @@ async def ensure_hive(
     start: bool = True,
     attempts: int = ATTEMPTS,
     idle_timeout: float | None = None,
+    preload: str | None = None,
 ) -> HiveHealth:
-    """Step 2: the hive answers (started here if needed) and speaks our version."""
+    """Step 2: the hive answers (started here if needed) and speaks our version.
+    preload: the request about to be made (keeper/preloadhint.py), for a hive started here."""
     address = hive.base_url
     last: Unreachable | None = None
     for n in range(1, attempts + 1):
@@ -107,7 +109,7 @@ async def ensure_hive(
                     health = await hive.health(timeout=3.0)
                 except Unreachable:
                     notes.info(f"rbee-hive is not running on {t.node.name}; starting it")
-                    health = await _start_and_wait(t, hive, idle_timeout)
+                    health = await _start_and_wait(t, hive, idle_timeout, preload)
             break
         notes.attempt(n, attempts, address, last.message)
         if n < attempts:
@@ -195,9 +197,9 @@ async def start_lock(node: str) -> AsyncIterator[None]:
 
 
 async def _start_and_wait(
-    t: Transport, hive: HiveClient, idle_timeout: float | None
+    t: Transport, hive: HiveClient, idle_timeout: float | None, preload: str | None = None
 ) -> HiveHealth:
-    await t.start_hive(idle_timeout)
+    await t.start_hive(idle_timeout, preload)
     deadline = time.monotonic() + START_WAIT_S
     last = ""
     while time.monotonic() < deadline:
@@ -208,7 +210,7 @@ async def _start_and_wait(
         if await t.hive_start_failed():
             last = "rbee-hive exited right after it started"
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     log = "\n".join(await t.log_tail(15))
     raise ConnectionTimeout(
         f"rbee-hive on {t.node.name} did not become healthy: {last}",

@@ -20,6 +20,7 @@ from rbee_fabric.keeper import hivectl
 from rbee_fabric.keeper.client import HiveClient, Unreachable
 from rbee_fabric.keeper.generate import inference as _inference
 from rbee_fabric.keeper.inventory import DEFAULT_MAX_QUEUE
+from rbee_fabric.keeper.preloadhint import preload_hint
 from rbee_fabric.keeper.registry import Registry, WorkerRecord
 from rbee_fabric.keeper.request import (
     RAW_MAX_TOKENS,
@@ -91,7 +92,10 @@ async def _acquire(run: Run) -> Acquired:
     # Step 2: hive preflight (start it if needed).
     hive = await hivectl.connect_hive(t)
     try:
-        await hivectl.ensure_hive(t, hive, out, start=opts.start_hive, attempts=opts.retry)
+        preload = preload_hint(ref, opts.n_ctx, opts.backend, opts.device, t.node.safe_mode)
+        await hivectl.ensure_hive(
+            t, hive, out, start=opts.start_hive, attempts=opts.retry, preload=preload
+        )
         # Step 3: the model in the node's catalog.
         model = await _provision(run, hive)
         # A prompt that cannot fit is refused before anything loads.

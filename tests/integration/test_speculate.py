@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import Hive, RbeeHome, start_hive, stop_hive
 from tests.integration.test_hive import alive, provision, spawn, wait_state
@@ -54,9 +55,11 @@ def _hive_log_of(h: Hive) -> Path:
     return h.home.data.parent / f"hive-{h.port}.log"
 
 
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["lean-path", "full-path"])
 def test_a_cold_infer_is_served_by_the_worker_that_loaded_before_the_hive_was_up(
-    rbee_home: RbeeHome, tiny_model: Path
+    rbee_home: RbeeHome, tiny_model: Path, fast_path: str
 ) -> None:
+    """Either path of `rbee infer` that starts the hive passes it the request."""
     rbee_home.local_node()
     base = ("infer", "--model", f"file:{tiny_model}", "--prompt", "hello", "--max-tokens", "4",
             "--seed", "3", "--temperature", "0", "--ctx-size", "256")  # fmt: skip
@@ -66,7 +69,7 @@ def test_a_cold_infer_is_served_by_the_worker_that_loaded_before_the_hive_was_up
     assert "speculative worker" not in _hive_log(log)
     assert rbee_home.run("hive", "stop", "localhost").returncode == 0
     try:
-        cold = rbee_home.run(*base, "--json")
+        cold = rbee_home.run(*base, "--json", env={"RBEE_FAST_PATH": fast_path})
         assert cold.returncode == 0, cold.stderr
         wid, pid = _speculative(log)
         assert json.loads(cold.stdout)["worker_id"] == wid

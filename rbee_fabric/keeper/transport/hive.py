@@ -95,8 +95,9 @@ class NodeHive:
 
     # ----------------------------------------------------------- lifecycle
 
-    async def start_hive(self, idle_timeout: float | None = None) -> None:
-        """Start rbee-hive detached on the node (it outlives this keeper and its session)."""
+    async def start_hive(self, idle_timeout: float | None = None, preload: str | None = None) -> None:
+        """Start rbee-hive detached on the node (it outlives this keeper and its session);
+        preload: the request about to be made (keeper/preloadhint.py)."""
         python = await self.python()
         data = await self.data_dir()
         argv = [python, "-m", "rbee_fabric.hive", "--host", self.connector.bind_host,
@@ -105,7 +106,9 @@ class NodeHive:
             argv += ["--idle-timeout", str(idle_timeout)]
         if self.node.local:
             paths.ensure_api_key()
-        self._started = await self.connector.spawn(argv, log=f"{data}/logs/hive.log", env={"RBEE_DATA_DIR": data})
+        # The hint goes in the environment, which a hive of another version ignores.
+        env = {"RBEE_DATA_DIR": data, **({"RBEE_HIVE_PRELOAD": preload} if preload else {})}
+        self._started = await self.connector.spawn(argv, log=f"{data}/logs/hive.log", env=env)
         self._api_key = None  # the hive creates the key if it was missing
 
     async def hive_start_failed(self) -> bool:
