@@ -92,9 +92,9 @@ def _plan_on(args: LeanArgs, node: LocalNode, ref: str) -> Plan:
         raise Fallback("no API key yet")
     db = _registry()
     try:
-        wid, worker = _live_worker(db, node, ref, args, api_key)
+        wid, worker, template = _live_worker(db, node, ref, args, api_key)
         try:
-            chat = _use_chat(args, node, ref, api_key)
+            chat = _use_chat(args, node, ref, api_key, template)
         except BaseException:
             worker.close()
             raise
@@ -150,8 +150,9 @@ def candidates(db: sqlite3.Connection, node: str, ref: str, a: LeanArgs) -> list
 
 def _live_worker(
     db: sqlite3.Connection, node: LocalNode, ref: str, a: LeanArgs, key: str
-) -> tuple[str, Daemon]:
-    """The first registered worker that proves itself and is ready (proven connection)."""
+) -> tuple[str, Daemon, bool | None]:
+    """The first registered worker that proves itself and is ready (proven connection),
+    and whether its model has a chat template (None: it does not say)."""
     try:
         found = candidates(db, node.name, ref, a)
     except sqlite3.Error:
@@ -167,17 +168,21 @@ def _live_worker(
         if isinstance(ready, dict) and ready.get("ready") is True:
             _execute(db, "UPDATE workers SET state = ?, last_health_at = ? WHERE id = ?",
                      [str(ready.get("state")), time.time(), wid])  # fmt: skip
-            return wid, worker
+            template = ready.get("chat_template")
+            return wid, worker, template if isinstance(template, bool) else None
         worker.close()
     raise Fallback("no ready worker registered")
 
 
-def _use_chat(a: LeanArgs, node: LocalNode, ref: str, key: str) -> bool:
-    """As request.use_chat, with the catalog's word on the template (as infer._has_template)."""
+def _use_chat(a: LeanArgs, node: LocalNode, ref: str, key: str, template: bool | None) -> bool:
+    """As request.use_chat, with the catalog's word on the template (as infer._has_template):
+    the worker reads it from the same GGUF header; the hive is asked when it does not say."""
     if a.chat_format:
         return True
     if a.raw:
         return False
+    if template is not None:
+        return template
     hive = Daemon(f"http://127.0.0.1:{node.hive_port}", key)
     try:
         hive.prove()

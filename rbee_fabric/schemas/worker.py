@@ -17,6 +17,8 @@ class WorkerReady(Message):
     idle_seconds: float | None = None
     queued: int = 0  # requests waiting for the slot
     n_ctx: int | None = None
+    # Whether the GGUF holds a chat template (as the hive's catalog says); None: unknown.
+    chat_template: bool | None = None
 
 
 class LoadingProgress(Message):

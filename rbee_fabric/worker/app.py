@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from rbee_fabric import __version__, contextfit, sse
 from rbee_fabric.errors import GenerationFailed, RbeeError, WorkerNotFound, WorkerNotReady
+from rbee_fabric.ggufmeta import read_info
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.schemas import (
     Ack,
@@ -77,6 +78,10 @@ class WorkerState:
         self.idle_since = time.monotonic()
         self.stopping = False
         self.cleanup: asyncio.Task[None] | None = None
+        # As the catalog reads it (GGUF header): a warm keeper needs not ask the hive.
+        self.chat_template: bool | None = None
+        with contextlib.suppress(OSError, ValueError):
+            self.chat_template = read_info(settings.model_path).chat_template
 
     async def set_progress(self, stage: str, progress: float, error: str | None = None) -> None:
         async with self.changed:
@@ -133,6 +138,7 @@ def create_app(settings: WorkerSettings, engine: Engine, loader: EarlyLoad | Non
             idle_seconds=idle,
             queued=w.admission.queued,
             n_ctx=settings.n_ctx,
+            chat_template=w.chat_template,
         )
 
     @app.get("/v1/loading/progress")

@@ -75,6 +75,7 @@ def test_loads_then_streams_real_tokens_from_llama_cpp(worker: Worker) -> None:
     worker.wait_ready()
     ready = httpx.get(f"{worker.url}/v1/ready", headers=worker.headers).json()
     assert ready["ready"] is True and ready["state"] == "idle"
+    assert ready["chat_template"] is False  # as the catalog says: a warm keeper asks no hive
     body = {"prompt": "hello", "max_tokens": 16, "seed": 7, "temperature": 0.0, "request_id": "r1"}
     with httpx.stream("POST", f"{worker.url}/v1/inference", json=body, headers=worker.headers) as r:
         assert r.status_code == 200
