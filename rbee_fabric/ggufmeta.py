@@ -7,6 +7,7 @@ catalog registration.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,32 @@ def _read_str(fh: IO[bytes]) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+_CHUNK = 1 << 20
+
+
+def _skip_strings(fh: IO[bytes], count: int) -> None:
+    """Move past an array of count strings (a vocabulary: 262144 for Gemma 3) reading
+    only their lengths, from 1 MB chunks: ~20x faster than reading each string."""
+    unpack_from = struct.unpack_from
+    buf, off = b"", 0
+    for _ in range(count):
+        while off + 8 > len(buf):
+            more = fh.read(_CHUNK)
+            if not more:
+                raise GGUFError("file ends inside the header")
+            buf, off = buf[off:] + more, 0
+        n = unpack_from("<Q", buf, off)[0]
+        if n > 1 << 24:
+            raise GGUFError(f"implausible string length {n}")
+        off += 8 + n
+        if off > len(buf):  # the string goes past the chunk: skip its rest in the file
+            ahead = off - len(buf)
+            if len(fh.read(ahead)) != ahead:
+                raise GGUFError("file ends inside the header")
+            buf, off = b"", 0
+    fh.seek(off - len(buf), 1)  # give back what was read past the array
+
+
 def _read_value(fh: IO[bytes], vtype: int, keep: bool) -> Any:
     if vtype in _SCALARS:
         return _read(fh, _SCALARS[vtype])
@@ -93,6 +120,9 @@ def _read_value(fh: IO[bytes], vtype: int, keep: bool) -> Any:
         if itype in _SCALARS and not keep:
             fh.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
             return None
+        if itype == _STRING and not keep:
+            _skip_strings(fh, count)
+            return None
         if not keep:
             for _ in range(count):
                 _read_value(fh, itype, keep)
@@ -101,15 +131,61 @@ def _read_value(fh: IO[bytes], vtype: int, keep: bool) -> Any:
     raise GGUFError(f"unknown GGUF value type {vtype}")
 
 
+_cache: dict[tuple[str, int, int], GGUFInfo] = {}
+_CACHE_MAX = 32
+
+
 def read_info(path: str | Path) -> GGUFInfo:
-    """Parse the header of a GGUF file; GGUFError if it is not one."""
-    with open(path, "rb") as fh:
+    """Parse the header of a GGUF file; GGUFError if it is not one.
+
+    Kept per (path, size, mtime) for the life of the process: a Gemma 3 header
+    is 0.16 s of parsing, and the hive reads it on every spawn request.
+    """
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if (hit := _cache.get(key)) is not None:
+        return hit
+    info = _parse(path)
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[key] = info
+    return info
+
+
+def _open_header(path: str | Path) -> tuple[IO[bytes], int, int]:
+    """The file, positioned after its counts: (file, tensor count, key/value count)."""
+    fh = open(path, "rb")  # noqa: SIM115 (closed by the callers)
+    try:
         if fh.read(4) != GGUF_MAGIC:
             raise GGUFError(f"{path} is not a GGUF file (bad magic)")
         version = _read(fh, "<I")
         if version not in (2, 3):
             raise GGUFError(f"unsupported GGUF version {version}")
         n_tensors, n_kv = _read(fh, "<Q"), _read(fh, "<Q")
+    except BaseException:
+        fh.close()
+        raise
+    return fh, n_tensors, n_kv
+
+
+def context_length(path: str | Path) -> int | None:
+    """The trained context length alone: the key/values are read only up to it (it
+    comes before the tokenizer's), microseconds instead of a whole header."""
+    fh, _, n_kv = _open_header(path)
+    with fh:
+        kv: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = _read_str(fh)
+            kv[key] = _read_value(fh, _read(fh, "<I"), keep=not key.startswith("tokenizer."))
+            arch = kv.get("general.architecture")
+            if arch is not None and isinstance(value := kv.get(f"{arch}.context_length"), int):
+                return int(value)
+    return None
+
+
+def _parse(path: str | Path) -> GGUFInfo:
+    fh, n_tensors, n_kv = _open_header(path)
+    with fh:
         kv: dict[str, Any] = {}
         for _ in range(n_kv):
             key = _read_str(fh)

@@ -17,7 +17,6 @@ from fastapi.responses import StreamingResponse
 
 from rbee_fabric import __version__, contextfit, sse
 from rbee_fabric.errors import GenerationFailed, RbeeError, WorkerNotFound, WorkerNotReady
-from rbee_fabric.ggufmeta import read_info
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.schemas import (
     Ack,
@@ -78,10 +77,6 @@ class WorkerState:
         self.idle_since = time.monotonic()
         self.stopping = False
         self.cleanup: asyncio.Task[None] | None = None
-        # As the catalog reads it (GGUF header): a warm keeper needs not ask the hive.
-        self.chat_template: bool | None = None
-        with contextlib.suppress(OSError, ValueError):
-            self.chat_template = read_info(settings.model_path).chat_template
 
     async def set_progress(self, stage: str, progress: float, error: str | None = None) -> None:
         async with self.changed:
@@ -138,7 +133,7 @@ def create_app(settings: WorkerSettings, engine: Engine, loader: EarlyLoad | Non
             idle_seconds=idle,
             queued=w.admission.queued,
             n_ctx=settings.n_ctx,
-            chat_template=w.chat_template,
+            chat_template=_has_template(w.engine) if state in ("idle", "busy") else None,
         )
 
     @app.get("/v1/loading/progress")
@@ -361,6 +356,13 @@ def _error_event(exc: object) -> ErrorEnvelope:
 async def _release_after(w: WorkerState, current: _Current, thread: threading.Thread) -> None:
     await asyncio.to_thread(thread.join)
     _release(w, current)
+
+
+def _has_template(engine: Engine) -> bool | None:
+    """Whether the loaded model's metadata holds a chat template (the key the catalog
+    reads), so a warm keeper needs not ask the hive; None when the engine cannot say."""
+    chat = getattr(engine, "chat", None)
+    return bool(chat.template and chat.template.strip()) if chat is not None else None
 
 
 async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from rbee_fabric import ggufmeta
 from rbee_fabric.ggufmeta import GGUFError, read_info
 
 
@@ -28,3 +29,31 @@ def test_truncated_header(tmp_path: Path, tiny_model: Path) -> None:
     cut.write_bytes(tiny_model.read_bytes()[:100])
     with pytest.raises(GGUFError, match="ends inside"):
         read_info(cut)
+
+
+def test_a_vocabulary_straddling_chunks_is_skipped_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "chat.gguf", chat_template=CHATML_TEMPLATE)
+    whole = ggufmeta._parse(model)
+    # Chunks smaller than a length field, and than the longest token, still land
+    # exactly after the array: the keys after it (the template) and the tensor index read.
+    for chunk in (3, 7, 8, 11, 64):
+        monkeypatch.setattr(ggufmeta, "_CHUNK", chunk)
+        assert ggufmeta._parse(model) == whole
+    assert whole.chat_template is True and whole.parameter_count
+
+
+def test_the_context_length_alone_and_the_cache(tmp_path: Path, tiny_model: Path) -> None:
+    assert ggufmeta.context_length(tiny_model) == 512
+    copy = tmp_path / "m.gguf"
+    copy.write_bytes(tiny_model.read_bytes())
+    first = read_info(copy)
+    assert read_info(copy) is first  # kept while the file is unchanged
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    write_tiny_gguf(copy, n_ctx=256)  # rewritten: read again
+    assert read_info(copy).context_length == 256
+    assert ggufmeta.context_length(copy) == 256
