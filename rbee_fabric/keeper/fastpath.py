@@ -1,7 +1,7 @@
 """The lean path of `rbee infer`: a live worker on this machine, reached with the stdlib.
 
 A warm `rbee infer` needs little: the registry row of a worker for the model
-(sqlite3), the API key file, and HTTP to the worker (http.client, json). This
+(sqlite3), the API key file, and HTTP to the worker (keeper/minihttp.py, json). This
 module does exactly that, and prints exactly what the full path prints (same
 stdout, stderr and exit codes). Whatever it cannot serve (no registry row, a
 worker that does not answer, a remote node, unusual flags) it hands to the
@@ -19,7 +19,6 @@ import os
 import sqlite3
 import sys
 import time
-import uuid
 from typing import Any, NamedTuple
 
 from rbee_fabric import paths
@@ -233,7 +232,7 @@ def run(p: Plan, started: float) -> int:
     out = Output(quiet_tokens=p.args.as_json)
     try:
         out.info(mode_note(p.args, p.chat))
-        body = body_of(p.args, p.chat, uuid.uuid4().hex)
+        body = body_of(p.args, p.chat, os.urandom(16).hex())  # uuid costs 14 ms of imports
         return generate(p, body, out, started)
     finally:
         p.worker.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.client
 import os
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import threading
 import time
 
 from rbee_fabric import paths
+from rbee_fabric.keeper import minihttp
 
 WAIT_S = 20.0
 
@@ -78,11 +78,11 @@ def _spawn(port: int, preload: str | None) -> subprocess.Popen[bytes]:
 
 
 def _answers(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+    conn = minihttp.Connection("127.0.0.1", port, timeout=2.0)
     try:
         conn.request("GET", "/v1/health")
         return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
+    except (OSError, minihttp.ProtocolError):
         return False
     finally:
         conn.close()

@@ -8,15 +8,13 @@ caller then hands the command to the full path, which explains it.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 from rbee_fabric import proof
-from rbee_fabric.keeper import sockowner
+from rbee_fabric.keeper import minihttp, sockowner
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -52,16 +50,27 @@ def _owner(port: int) -> int | None:
     return sockowner.owner(port, _listeners)
 
 
+def _loopback(url: str) -> tuple[str, int]:
+    """(host, port) of an http:// URL on this machine; Fallback for anything else."""
+    rest = url[len("http://") :] if url.startswith("http://") else ""
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("["):
+        host, _, port = hostport[1:].partition("]:")
+    else:
+        host, _, port = hostport.rpartition(":")
+    if host not in LOOPBACK or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Fallback(f"not a loopback daemon: {url}")
+    return host, int(port)
+
+
 class Daemon:
     """A proven connection to one loopback daemon (hive or worker)."""
 
     def __init__(self, url: str, api_key: str, timeout: float = 3.0) -> None:
-        u = urllib.parse.urlsplit(url)
-        if u.scheme != "http" or u.hostname not in LOOPBACK or u.port is None:
-            raise Fallback(f"not a loopback daemon: {url}")
+        host, port = _loopback(url)
         self.url = url
-        self.port = u.port
-        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        self.port = port
+        self.conn = minihttp.Connection(host, port, timeout=timeout)
         self._key = api_key
         self._auth: dict[str, str] = {}
 
@@ -95,7 +104,7 @@ class Daemon:
             self._send(method, path, auth=auth, body=body)
             r = self.conn.getresponse()
             data = r.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, minihttp.ProtocolError) as exc:
             raise Fallback(f"{self.url}: {exc}") from None
         try:
             return r.status, json.loads(data)
@@ -113,8 +122,8 @@ class Daemon:
     def stream(self, path: str, body: Any, timeout: float | None) -> Iterator[dict[str, Any] | str]:
         """POST and yield the SSE payloads (a dict, or "[DONE]"; {} for a heartbeat).
 
-        Raises HttpError for an error status, OSError/HTTPException when the
-        stream breaks (the caller decides what that means: tokens may be out).
+        Raises HttpError for an error status, OSError/minihttp.ProtocolError when
+        the stream breaks (the caller decides what that means: tokens may be out).
         """
         self.conn.timeout = timeout
         if self.conn.sock is not None:

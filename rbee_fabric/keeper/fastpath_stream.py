@@ -7,7 +7,6 @@ connection or a crash become the same RbeeErrors, printed by cli/ui.py.
 
 from __future__ import annotations
 
-import http.client
 import json
 import sqlite3
 import sys
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rbee_fabric.keeper.fastpath_net import Daemon, Fallback, HttpError
 from rbee_fabric.keeper.fastpath_out import Output
+from rbee_fabric.keeper.minihttp import ProtocolError
 from rbee_fabric.summary import Summary, summary_json, summary_line
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
             raise _QueueDeadline from None
         except HttpError:
             raise
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (OSError, ProtocolError, ValueError) as exc:
             broken = f"connection to {p.worker.url} failed: {str(exc) or type(exc).__name__}"
     except HttpError as exc:
         _fail_envelope(exc.body, exc.status, node=p.node.name)
