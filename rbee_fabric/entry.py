@@ -45,8 +45,19 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
             return args
         plan = fastpath.plan(lean)
     except Fallback as exc:
-        if isinstance(exc.node, LocalNode) and lean.start_hive:
-            _start_hive_early(exc.node, lean)
+        if isinstance(exc.node, LocalNode) and lean.start_hive and _start_hive_early(exc.node, lean):
+            # This keeper started the hive: the cold start stays on the lean path.
+            from rbee_fabric.keeper.fastpath_cold import plan_cold
+            from rbee_fabric.keeper.fastpath_out import Output
+
+            try:
+                plan = plan_cold(lean, exc.node, Output(quiet_tokens=lean.as_json))
+            except Fallback:
+                return args
+            except KeyboardInterrupt:
+                sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Canceled.\n")
+                raise SystemExit(130) from None
+            raise SystemExit(fastpath.run(plan, started)) from None
         return args
     except KeyboardInterrupt:
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Canceled.\n")  # after the ^C echo
@@ -54,9 +65,10 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
     raise SystemExit(fastpath.run(plan, started))
 
 
-def _start_hive_early(node: object, lean: object) -> None:
+def _start_hive_early(node: object, lean: object) -> bool:
     """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py),
-    with the request about to be made, so that its worker starts loading at once."""
+    with the request about to be made, so that its worker starts loading at once.
+    True when this keeper started it."""
     import contextlib
 
     from rbee_fabric import modelref
@@ -70,4 +82,9 @@ def _start_hive_early(node: object, lean: object) -> None:
     with contextlib.suppress(Exception):  # the full path tries again and says what fails
         ref = modelref.parse(lean.model).canonical
         preload = preload_hint(ref, lean.ctx_size, lean.backend, lean.device, node.safe_mode)
-        start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim, preload)
+        if start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim, preload):
+            # The hive and the model's load need both cores now: this keeper takes
+            # what they leave (it only waits, or imports the full path's libraries).
+            os.nice(10)
+            return True
+    return False

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from rbee_fabric import __version__, paths, pidfile
+from rbee_fabric import __version__, paths
 
 PRELOAD_ENV = "RBEE_HIVE_PRELOAD"
 """The --preload hint, as keepers pass it."""
@@ -58,22 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     except RbeeError as exc:
         print(f"rbee-hive: {exc}; {exc.hint}", file=sys.stderr)
         return 2
-    speculation = None
+    from rbee_fabric.hive import speculate
+
     # Keepers pass the hint in the environment: a hive of another version ignores it.
     preload = os.environ.pop(PRELOAD_ENV, None) or args.preload
-    if preload:  # before the imports below: the model loads while they run
-        from rbee_fabric.hive import speculate
-
-        speculation = speculate.start(preload, data, api_key)
+    # Before the imports below: the model loads while they run.
+    early = speculate.begin(preload, data, api_key) if preload else None
 
     from rbee_fabric.hive.app import HiveSettings, create_app
     from rbee_fabric.hive.forker import Template
     from rbee_fabric.httpserver import bind_socket, serve
 
+    speculation = early
     # The worker template: a fork of this process now (its imports done, no thread
     # started, no socket bound); it imports llama_cpp while this one goes on.
     keep_out = speculation.pipe_fd if speculation is not None else None
-    template = Template.start(close=(keep_out,) if keep_out is not None else ())
+    template = Template.start(close=(keep_out,) if keep_out is not None else (),
+                              lazy=speculation is not None)  # fmt: skip
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         template=template,
         speculation=speculation,
     )
+    from rbee_fabric import pidfile  # psutil: after the speculative worker started
+
     pidfile.write_hive(settings.port)
     try:
         serve(create_app(settings), sock)

@@ -111,11 +111,13 @@ class Template:
         self._procs: dict[int, ForkedProcess] = {}
         self._early: dict[int, int] = {}  # exits reported before their spawn finished
         self._lock = asyncio.Lock()
+        self._asked = False  # a lazy template was asked to import
 
     @classmethod
-    def start(cls, close: tuple[int, ...] = ()) -> Template | None:
+    def start(cls, close: tuple[int, ...] = (), lazy: bool = False) -> Template | None:
         """Fork the template now; call after the hive's imports, before any thread starts.
-        close: file descriptors of the hive the template must not hold."""
+        close: file descriptors of the hive the template must not hold; lazy: it imports
+        only when asked (warm) or at its first fork."""
         if not enabled():
             return None
         if threading.active_count() > 1:
@@ -124,7 +126,7 @@ class Template:
         from rbee_fabric.hive.template import fork_template
 
         try:
-            return cls(*fork_template(close))
+            return cls(*fork_template(close, lazy))
         except OSError as exc:
             log.warning("no worker template (%s): workers start as new processes", exc)
             return None
@@ -181,8 +183,17 @@ class Template:
             p.exited(-signal.SIGKILL)
         self._procs.clear()
 
+    def warm(self) -> None:
+        """Have a lazy template import now (it does at its first fork anyway)."""
+        if self._asked or self._dead:
+            return
+        self._asked = True
+        with contextlib.suppress(OSError):
+            os.write(self._req, b'{"import": true}\n')
+
     async def spawn(self, argv: list[str], env: dict[str, str], log_path: str) -> ForkedProcess | None:
         """Fork a worker with argv (the worker's arguments); None: start it the old way."""
+        self.warm()
         if not self._dead and not self._ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), READY_WAIT_S)

@@ -50,40 +50,51 @@ class LoadSpec(NamedTuple):
 
 
 class Speculation:
-    """A speculative worker process, until it is adopted or ended."""
+    """A speculative worker process, until it is adopted or ended; it waits on its
+    stdin (a pipe whose write end this holds) for its identity."""
 
-    def __init__(self, spec: LoadSpec, wid: str, log_path: Path, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, spec: LoadSpec, wid: str, log_path: Path, proc: subprocess.Popen[bytes], pipe_fd: int
+    ) -> None:  # fmt: skip
         self.spec = spec
         self.wid = wid
         self.log_path = log_path
         self.proc = proc
+        self.pid = proc.pid
+        self.pipe_fd: int | None = pipe_fd
         self.started = time.monotonic()
 
-    @property
-    def pipe_fd(self) -> int | None:
-        """The write end of the worker's stdin (a fork of the hive must close it)."""
-        return self.proc.stdin.fileno() if self.proc.stdin is not None else None
+    def _close_pipe(self) -> None:
+        if self.pipe_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pipe_fd)
+            self.pipe_fd = None
 
     def adopt(self, identity: dict[str, Any]) -> bool:
         """Send the worker where to listen; False when it is gone already."""
-        if self.proc.poll() is not None or self.proc.stdin is None:
+        if self.pipe_fd is None or self.proc.poll() is not None:
             return False
         try:
-            self.proc.stdin.write(json.dumps(identity).encode() + b"\n")
-            self.proc.stdin.close()
+            os.write(self.pipe_fd, json.dumps(identity).encode() + b"\n")
         except OSError:
             return False
+        finally:
+            self._close_pipe()
         return True
+
+    def process(self) -> Any:
+        """The adopted worker as a WorkerProc (hive/forker.py)."""
+        from rbee_fabric.hive.forker import PopenProcess
+
+        return PopenProcess(self.proc)
 
     def cancel(self, why: str) -> None:
         """End the worker (its whole process group) and reap it."""
         if self.proc.poll() is None:
-            log.info("ending speculative worker %s (pid %d): %s", self.wid, self.proc.pid, why)
+            log.info("ending speculative worker %s (pid %d): %s", self.wid, self.pid, why)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
+                os.killpg(self.pid, signal.SIGKILL)
+        self._close_pipe()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5.0)
 
@@ -154,8 +165,9 @@ def _catalog_row(db_path: Path, reference: str) -> tuple[str, int] | None:
     return (str(row[0]), int(row[1])) if row else None
 
 
-def start(hint_text: str, data_dir: Path, api_key: str, python: str = sys.executable) -> Speculation | None:
-    """Start the speculative worker for the keeper's hint, when it is predictable."""
+def begin(hint_text: str, data_dir: Path, api_key: str) -> Speculation | None:
+    """Start the speculative worker for the keeper's hint, when the hive's decision
+    is predictable."""
     hint = parse_hint(hint_text)
     if hint is None:
         log.warning("ignoring --preload %r: not a usable request", hint_text[:200])
@@ -167,6 +179,12 @@ def start(hint_text: str, data_dir: Path, api_key: str, python: str = sys.execut
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"worker-{wid}.log"
+    return _start_process(spec, wid, log_path, api_key)
+
+
+def _start_process(spec: LoadSpec, wid: str, log_path: Path, api_key: str) -> Speculation | None:
+    """The speculative worker as a new interpreter (llm-worker-rbee --speculate)."""
+    python = sys.executable
     cmd = [
         python, "-m", "rbee_fabric.worker", "--speculate", "--worker-id", wid,
         "--model", spec.model_path, "--n-ctx", str(spec.n_ctx),
@@ -175,14 +193,18 @@ def start(hint_text: str, data_dir: Path, api_key: str, python: str = sys.execut
     ]  # fmt: skip
     env = {**os.environ, "RBEE_API_KEY": api_key, "PYTHONUNBUFFERED": "1",
            "RBEE_HIVE_PID": str(os.getpid())}  # fmt: skip
+    read_fd, write_fd = os.pipe()
     try:
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                cmd, stdin=read_fd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True, close_fds=True,
             )  # fmt: skip
     except OSError as exc:
+        os.close(write_fd)
         log.warning("no speculative worker: %s", exc)
         return None
+    finally:
+        os.close(read_fd)
     log.info("speculative worker %s (pid %d) loading %s", wid, proc.pid, spec.model_path)
-    return Speculation(spec, wid, log_path, proc)
+    return Speculation(spec, wid, log_path, proc, write_fd)

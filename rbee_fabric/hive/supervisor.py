@@ -21,13 +21,14 @@ import httpx
 from rbee_fabric import cpufeatures, proof
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
 from rbee_fabric.hive import safemode
-from rbee_fabric.hive.forker import PopenProcess, Template, WorkerProc
+from rbee_fabric.hive.forker import Template, WorkerProc
 from rbee_fabric.hive.speculate import LoadSpec, Speculation, ttl_s
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
 
 log = logging.getLogger("rbee.hive")
 
 STOP_GRACE_S = 5.0
+TEMPLATE_WARM_DELAY_S = 5.0
 KILL_GRACE_S = 3.0
 
 
@@ -149,7 +150,7 @@ class Supervisor:
                     "key_file": self.s.key_file, "max_queue": max_queue}  # fmt: skip
         proc: WorkerProc
         if pre is not None and pre.adopt(identity):
-            proc = PopenProcess(pre.proc)
+            proc = pre.process()
             log.info("adopted speculative worker %s (pid %d): its model is loaded or loading",
                      wid, proc.pid)  # fmt: skip
         else:
@@ -186,6 +187,7 @@ class Supervisor:
             self._expiry.cancel()
         if pre.spec != spec:
             await asyncio.to_thread(pre.cancel, f"the hive decided on {spec}, not {pre.spec}")
+            self._warm_template()
             return None
         return pre
 
@@ -193,6 +195,13 @@ class Supervisor:
         pre, self._speculation = self._speculation, None
         if pre is not None:
             await asyncio.to_thread(pre.cancel, why)
+        self._warm_template()
+
+    def _warm_template(self) -> None:
+        """The template waits to import while a speculative worker loads, and a little
+        after (TEMPLATE_WARM_DELAY_S): the first request's prompt needs both cores."""
+        if self.s.template is not None:
+            asyncio.get_running_loop().call_later(TEMPLATE_WARM_DELAY_S, self.s.template.warm)
 
     async def _expire_speculation(self, pre: Speculation) -> None:
         ttl = ttl_s()
@@ -282,6 +291,7 @@ class Supervisor:
         w.info = w.info.model_copy(update={"state": cb.state})
         if cb.state != "loading":
             w.loaded.set()
+            self._warm_template()
         if cb.state == "idle" and w.crashed_with and self.s.safe_store is not None:
             rec = self.s.safe_store.record(w.crashed_with, w.info.model_reference)
             w.crashed_with = None

@@ -151,8 +151,9 @@ def _child(req: dict[str, Any], title: list[str], fds: list[int]) -> None:
         os._exit(code)
 
 
-def serve(req_fd: int, rep_fd: int) -> int:
-    """The template's loop: fork on request, report exits, end with the request pipe."""
+def serve(req_fd: int, rep_fd: int, imports: Any = None) -> int:
+    """The template's loop: fork on request, report exits, end with the request pipe.
+    imports: called before the first request is handled (a lazy template's imports)."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -176,6 +177,12 @@ def serve(req_fd: int, rep_fd: int) -> int:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 req = json.loads(line)
+                if imports is not None:
+                    if not imports():
+                        return 1
+                    imports = None
+                if req.get("import"):
+                    continue  # only the imports were asked for
                 title = worker_title(req["argv"], area[1]) if area else None
                 if title is None:
                     _send(rep_fd, {"fallback": True})
@@ -201,29 +208,37 @@ def serve(req_fd: int, rep_fd: int) -> int:
             _send(rep_fd, {"exited": pid, "code": _code(status)})
 
 
-def _template_main(req_fd: int, rep_fd: int, hive_pid: int) -> int:
+def _template_main(req_fd: int, rep_fd: int, hive_pid: int, lazy: bool) -> int:
     set_cmdline([TEMPLATE_TITLE])  # neither a hive nor a worker to ps
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl+C of a foreground hive is the hive's
     _die_with_parent()
     if os.getppid() != hive_pid:
         return 1  # the hive died before we could ask
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy (via llama_cpp): no threads
-    import importlib
 
-    try:
-        for name in PRELOAD:
-            importlib.import_module(name)
-    except Exception as exc:  # the hive starts its workers the old way, which will say why
-        _send(rep_fd, {"error": f"cannot import {name}: {exc}"})
+    def imports() -> bool:
+        import importlib
+
+        try:
+            for name in PRELOAD:
+                importlib.import_module(name)
+        except Exception as exc:  # the hive starts its workers the old way, which will say why
+            _send(rep_fd, {"error": f"cannot import {name}: {exc}"})
+            return False
+        for name in PRELOAD_SERVING:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+        _send(rep_fd, {"ready": True})
+        return True
+
+    if lazy:  # a speculative worker is loading: its cores are not taken from it
+        return serve(req_fd, rep_fd, imports)
+    if not imports():
         return 1
-    for name in PRELOAD_SERVING:
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
-    _send(rep_fd, {"ready": True})
     return serve(req_fd, rep_fd)
 
 
-def fork_template(close: tuple[int, ...] = ()) -> tuple[int, int, int]:
+def fork_template(close: tuple[int, ...] = (), lazy: bool = False) -> tuple[int, int, int]:
     """Fork the template from this (single-threaded) process: (pid, request fd, reply fd).
     close: descriptors of the hive the template closes (a pipe whose EOF matters)."""
     req_r, req_w = os.pipe()
@@ -238,7 +253,7 @@ def fork_template(close: tuple[int, ...] = ()) -> tuple[int, int, int]:
             for fd in close:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            code = _template_main(req_r, rep_w, hive_pid)
+            code = _template_main(req_r, rep_w, hive_pid, lazy)
         except BaseException:
             import traceback
 

@@ -42,6 +42,7 @@ class Plan(NamedTuple):
     worker: Daemon
     chat: bool
     db: sqlite3.Connection
+    reused: bool = True  # False: this keeper started the worker (fastpath_cold.py)
 
 
 def prompt_of(args: LeanArgs) -> str | None:
@@ -89,7 +90,7 @@ def _plan_on(args: LeanArgs, node: LocalNode, ref: str) -> Plan:
         api_key = None
     if not api_key:
         raise Fallback("no API key yet")
-    db = _registry()
+    db = registry()
     try:
         wid, worker, template = _live_worker(db, node, ref, args, api_key)
         try:
@@ -116,7 +117,7 @@ def _request_fits(a: LeanArgs) -> bool:
     )
 
 
-def _registry() -> sqlite3.Connection:
+def registry() -> sqlite3.Connection:
     path = paths.data_dir() / "registry.db"
     if not path.is_file():
         raise Fallback("no registry")
@@ -165,7 +166,7 @@ def _live_worker(
             worker.close()
             raise  # gone or not ours: the full path forgets it and goes on
         if isinstance(ready, dict) and ready.get("ready") is True:
-            _execute(db, "UPDATE workers SET state = ?, last_health_at = ? WHERE id = ?",
+            execute(db, "UPDATE workers SET state = ?, last_health_at = ? WHERE id = ?",
                      [str(ready.get("state")), time.time(), wid])  # fmt: skip
             template = ready.get("chat_template")
             return wid, worker, template if isinstance(template, bool) else None
@@ -193,7 +194,7 @@ def _use_chat(a: LeanArgs, node: LocalNode, ref: str, key: str, template: bool |
     return any(m.get("reference") == ref and m.get("chat_template") for m in models)
 
 
-def _execute(db: sqlite3.Connection, sql: str, params: list[object]) -> None:
+def execute(db: sqlite3.Connection, sql: str, params: list[object]) -> None:
     try:
         db.execute(sql, params)
     except sqlite3.Error:

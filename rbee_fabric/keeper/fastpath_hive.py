@@ -77,7 +77,7 @@ def _spawn(port: int, preload: str | None) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
     conn = minihttp.Connection("127.0.0.1", port, timeout=2.0)
     try:
         conn.request("GET", "/v1/health")
@@ -93,7 +93,7 @@ def _release_when_up(fd: int, port: int, proc: subprocess.Popen[bytes]) -> None:
     try:
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and proc.poll() is None:
-            if _answers(port):
+            if answers(port):
                 return
             time.sleep(0.02)
     finally:

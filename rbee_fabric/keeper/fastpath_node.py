@@ -51,6 +51,7 @@ class LocalNode(NamedTuple):
     hive_port: int = DEFAULT_HIVE_PORT
     max_replicas: int = 1
     safe_mode: str = "auto"
+    max_queue: int | None = None  # None: the hive's default
 
 
 def inventory_path(explicit: str | None) -> Path | None:
@@ -101,7 +102,7 @@ def local_node(name: str, explicit_inventory: str | None) -> LocalNode | None:
             return None  # over SSH: the full path
         return LocalNode(
             name, entry.get("hive_port", DEFAULT_HIVE_PORT), entry.get("max_replicas", 1),
-            entry.get("safe_mode", "auto"),
+            entry.get("safe_mode", "auto"), entry.get("max_queue"),
         )  # fmt: skip
     if name in LOCAL_NAMES or name == socket.gethostname():
         return LocalNode(name)

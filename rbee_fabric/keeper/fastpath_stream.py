@@ -95,7 +95,7 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
     end = time.monotonic()
     summary = Summary(
         tokens=int(done["total_tokens"]), seconds=end - started,
-        first_token_s=(first or end) - started, worker_id=p.worker_id, reused=True,
+        first_token_s=(first or end) - started, worker_id=p.worker_id, reused=p.reused,
         stop_reason=str(done.get("stop_reason", "stop")), queued_s=queued_s,
         prompt_tokens=int(done.get("prompt_tokens", 0)), rendered_as=done.get("rendered_as"),
     )  # fmt: skip

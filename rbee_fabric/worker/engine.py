@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rbee_fabric.errors import ContextTooLong
+from rbee_fabric.worker import vocabcache
 from rbee_fabric.worker.chat import ChatTemplates, TokenInfo
 from rbee_fabric.worker.textfilter import (
     ATTR_CONTROL,
@@ -116,7 +117,7 @@ class LlamaEngine:
             TokenInfo(bos=text(bos), eos=text(eos), eos_id=eos, eot_id=eot, text_of=text),
         )
 
-        def scan() -> None:
+        def scan_vocab() -> None:
             try:
                 n = int(llama_cpp.llama_vocab_n_tokens(vocab))
                 attr_of = llama_cpp.llama_vocab_get_attr
@@ -127,6 +128,7 @@ class LlamaEngine:
                     t for i in range(n)
                     if (a := int(attr_of(vocab, i))) & marked and is_special(t := text(i), a)
                 )  # fmt: skip
+                vocabcache.save(self.model_path, version, sorted(self._specials.strings))
                 log.info(
                     "chat: %s; %d special tokens kept out of the text",
                     self.chat.default_name() or "no template, no known format",
@@ -135,8 +137,16 @@ class LlamaEngine:
             except BaseException as exc:  # raised where the specials are needed
                 self._scan_error = exc
 
-        self._scan = threading.Thread(target=scan, name="vocab-scan", daemon=True)
-        self._scan.start()
+        version = str(getattr(llama_cpp, "__version__", "?"))
+        if (kept := vocabcache.load(self.model_path, version)) is not None:
+            self._specials = SpecialTokens(kept)
+            log.info(
+                "chat: %s; %d special tokens kept out of the text (as read before)",
+                self.chat.default_name() or "no template, no known format", len(kept),
+            )  # fmt: skip
+        else:
+            self._scan = threading.Thread(target=scan_vocab, name="vocab-scan", daemon=True)
+            self._scan.start()
 
     def _wait_scan(self) -> None:
         if (scan := self._scan) is not None:

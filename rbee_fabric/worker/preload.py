@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -80,16 +79,24 @@ class EarlyLoad:
 IDENTITY_KEYS = ("host", "port", "hive_url", "key_file", "max_queue")
 
 
-def speculate_identity() -> dict[str, Any] | None:
-    """Wait for the hive to adopt this speculative worker: one JSON line on stdin with
-    where to listen and whom to call back (IDENTITY_KEYS); None when the hive closes
-    the pipe instead (it did not need this worker). stdin is /dev/null afterwards."""
-    line = sys.stdin.buffer.readline()
+def speculate_identity(fd: int = 0) -> dict[str, Any] | None:
+    """Wait for the hive to adopt this speculative worker: one JSON line on fd (stdin)
+    with where to listen and whom to call back (IDENTITY_KEYS); None when the hive
+    closes the pipe instead (it did not need this worker). fd is closed, and stdin
+    is /dev/null, afterwards."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if fd != 0:
+        os.close(fd)
     try:
-        identity = json.loads(line) if line.strip() else None
+        identity = json.loads(data) if data.strip() else None
     except ValueError:
         return None
     if not isinstance(identity, dict) or not set(IDENTITY_KEYS) <= set(identity):

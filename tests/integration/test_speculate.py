@@ -69,10 +69,18 @@ def test_a_cold_infer_is_served_by_the_worker_that_loaded_before_the_hive_was_up
     assert "speculative worker" not in _hive_log(log)
     assert rbee_home.run("hive", "stop", "localhost").returncode == 0
     try:
-        cold = rbee_home.run(*base, "--json", env={"RBEE_FAST_PATH": fast_path})
+        cold = rbee_home.run(*base, "--json", env={"RBEE_FAST_PATH": fast_path, "PYTHONPROFILEIMPORTTIME": "1"})
         assert cold.returncode == 0, cold.stderr
+        # The lean path serves the cold start it began (keeper/fastpath_cold.py): no typer.
+        typer = any(re.search(r"\|\s+typer$", line) for line in cold.stderr.splitlines())
+        assert typer is (fast_path == "0"), "lean path" if fast_path == "1" else "full path"
+        cold.stderr = "\n".join(x for x in cold.stderr.splitlines() if not x.startswith("import time:"))
         wid, pid = _speculative(log)
-        assert json.loads(cold.stdout)["worker_id"] == wid
+        answer = json.loads(cold.stdout)
+        assert answer["worker_id"] == wid and answer["reused_worker"] is False
+        # The keeper's registry has it: the next infer reuses it on the lean path.
+        again = rbee_home.run(*base, "--json")
+        assert json.loads(again.stdout)["worker_id"] == wid and json.loads(again.stdout)["reused_worker"]
         assert f"adopted speculative worker {wid} (pid {pid})" in _hive_log(log)
         worker_log = (rbee_home.data / "logs" / f"worker-{wid}.log").read_text()
         # The lines written while llama.cpp held stderr (it loads beside the start-up) are kept.
