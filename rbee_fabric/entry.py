@@ -1,7 +1,7 @@
 """`rbee`: the console entry point, light on purpose.
 
 A warm `rbee infer` (a live worker for the model on this machine) is served
-by the lean path (keeper/fastpath.py: sqlite3, keeper/minihttp.py, json) without
+by the lean path (keeper/fastpath.py: sqlite3, minihttp.py, json) without
 loading typer, httpx, pydantic, sqlite-utils or rich. Everything else, and
 whatever the lean path declines before printing anything, goes to the typer
 app (cli/app.py) exactly as before. RBEE_FAST_PATH=0 turns the lean path off

@@ -1,7 +1,7 @@
 """The lean path of `rbee infer`: a live worker on this machine, reached with the stdlib.
 
 A warm `rbee infer` needs little: the registry row of a worker for the model
-(sqlite3), the API key file, and HTTP to the worker (keeper/minihttp.py, json). This
+(sqlite3), the API key file, and HTTP to the worker (minihttp.py, json). This
 module does exactly that, and prints exactly what the full path prints (same
 stdout, stderr and exit codes). Whatever it cannot serve (no registry row, a
 worker that does not answer, a remote node, unusual flags) it hands to the

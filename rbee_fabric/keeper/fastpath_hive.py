@@ -20,8 +20,7 @@ import sys
 import threading
 import time
 
-from rbee_fabric import paths
-from rbee_fabric.keeper import minihttp
+from rbee_fabric import minihttp, paths
 
 WAIT_S = 20.0
 

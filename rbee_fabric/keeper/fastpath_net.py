@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from rbee_fabric import proof
-from rbee_fabric.keeper import minihttp, sockowner
+from rbee_fabric import minihttp, proof
+from rbee_fabric.keeper import sockowner
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rbee_fabric.keeper.fastpath_net import Daemon, Fallback, HttpError
 from rbee_fabric.keeper.fastpath_out import Output
-from rbee_fabric.keeper.minihttp import ProtocolError
+from rbee_fabric.minihttp import ProtocolError
 from rbee_fabric.summary import Summary, summary_json, summary_line
 
 if TYPE_CHECKING:

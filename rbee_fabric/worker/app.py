@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
@@ -29,9 +28,9 @@ from rbee_fabric.schemas import (
     TokenEvent,
     WorkerHealth,
     WorkerReady,
-    WorkerReadyCallback,
 )
 from rbee_fabric.worker.admission import DEFAULT_MAX_QUEUE, Admission, Ticket
+from rbee_fabric.worker.callback import callback
 from rbee_fabric.worker.engine import Engine, Generation
 from rbee_fabric.worker.preload import EarlyLoad
 
@@ -368,7 +367,7 @@ def _has_template(engine: Engine) -> bool | None:
 async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
     """After HTTP is up: call the hive back, load the model, report the outcome."""
     s = w.settings
-    await _callback(s, "loading")
+    await callback(s, "loading")
     loop = asyncio.get_running_loop()
 
     def progress(value: float) -> bool:
@@ -384,7 +383,7 @@ async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
         message = f"model failed to load: {exc}"
         log.error("%s (%s)", message, s.model_path)
         await w.set_progress("failed", w.progress, message)
-        await _callback(s, "failed", message)
+        await callback(s, "failed", message)
         # A worker that cannot load has nothing to offer: leave, so the hive reaps it.
         await asyncio.sleep(0.5)
         app.state.exit_code = 4
@@ -393,24 +392,4 @@ async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
     w.idle_since = time.monotonic()
     await w.set_progress("idle", 1.0)
     log.info("model loaded: %s", s.model_path)
-    await _callback(s, "idle")
-
-
-async def _callback(s: WorkerSettings, state: str, error: str | None = None) -> None:
-    if not s.hive_url:
-        return
-    body = WorkerReadyCallback(worker_id=s.worker_id, url=s.url, state=state, error=error)  # type: ignore[arg-type]
-    headers = {"Authorization": f"Bearer {s.api_key}"}
-    for attempt in range(3):
-        try:
-            # Plain HTTP to the hive: verify=False skips building a TLS context (0.1 s+),
-            # which the first callback would pay before the model starts loading.
-            async with httpx.AsyncClient(timeout=5.0, verify=False) as client:
-                r = await client.post(
-                    f"{s.hive_url}/v1/workers/ready", json=body.model_dump(), headers=headers
-                )
-            if r.status_code < 500:
-                return
-        except httpx.HTTPError as exc:
-            log.warning("hive callback failed (attempt %d): %s", attempt + 1, exc)
-        await asyncio.sleep(0.2 * 2**attempt)
+    await callback(s, "idle")

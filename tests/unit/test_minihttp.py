@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rbee_fabric.keeper.minihttp import Connection, ProtocolError
+from rbee_fabric.minihttp import Connection, ProtocolError
 
 
 class Canned:
