@@ -153,7 +153,8 @@ def _child(req: dict[str, Any], title: list[str], fds: list[int]) -> None:
 
 def serve(req_fd: int, rep_fd: int, imports: Any = None) -> int:
     """The template's loop: fork on request, report exits, end with the request pipe.
-    imports: called before the first request is handled (a lazy template's imports)."""
+    imports: called before the first request is handled (a lazy template's imports),
+    low=True when that request only asks for them."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -178,7 +179,8 @@ def serve(req_fd: int, rep_fd: int, imports: Any = None) -> int:
                 line, buf = buf.split(b"\n", 1)
                 req = json.loads(line)
                 if imports is not None:
-                    if not imports():
+                    # Asked to warm up: at the lowest priority; for a fork: now.
+                    if not imports(low=bool(req.get("import"))):
                         return 1
                     imports = None
                 if req.get("import"):
@@ -208,6 +210,40 @@ def serve(req_fd: int, rep_fd: int, imports: Any = None) -> int:
             _send(rep_fd, {"exited": pid, "code": _code(status)})
 
 
+def _import_all() -> str | None:
+    """Import what workers need; None, or what failed."""
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            return f"cannot import {name}: {exc}"
+    for name in PRELOAD_SERVING:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    return None
+
+
+def _background(work: Any) -> Any:
+    """work() in a thread at the lowest priority (Linux: nice is per thread), joined:
+    the imports take only idle CPU from loading models and prompts, and this thread,
+    whose nice value workers would inherit, is gone before any fork."""
+    import threading
+
+    result: list[Any] = [f"{work.__name__} did not finish"]
+
+    def run() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        result[0] = work()
+
+    t = threading.Thread(target=run, name="template-imports")
+    t.start()
+    t.join()
+    return result[0]
+
+
 def _template_main(req_fd: int, rep_fd: int, hive_pid: int, lazy: bool) -> int:
     set_cmdline([TEMPLATE_TITLE])  # neither a hive nor a worker to ps
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl+C of a foreground hive is the hive's
@@ -216,18 +252,11 @@ def _template_main(req_fd: int, rep_fd: int, hive_pid: int, lazy: bool) -> int:
         return 1  # the hive died before we could ask
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy (via llama_cpp): no threads
 
-    def imports() -> bool:
-        import importlib
-
-        try:
-            for name in PRELOAD:
-                importlib.import_module(name)
-        except Exception as exc:  # the hive starts its workers the old way, which will say why
-            _send(rep_fd, {"error": f"cannot import {name}: {exc}"})
+    def imports(low: bool = False) -> bool:
+        failed = _background(_import_all) if low else _import_all()
+        if failed is not None:  # the hive starts its workers the old way, which will say why
+            _send(rep_fd, {"error": failed})
             return False
-        for name in PRELOAD_SERVING:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
         _send(rep_fd, {"ready": True})
         return True
 
