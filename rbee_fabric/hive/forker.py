@@ -112,6 +112,7 @@ class Template:
         self._early: dict[int, int] = {}  # exits reported before their spawn finished
         self._lock = asyncio.Lock()
         self._asked = False  # a lazy template was asked to import
+        self._background = False  # ... at the lowest priority
 
     @classmethod
     def start(cls, close: tuple[int, ...] = (), lazy: bool = False) -> Template | None:
@@ -183,17 +184,21 @@ class Template:
             p.exited(-signal.SIGKILL)
         self._procs.clear()
 
-    def warm(self) -> None:
-        """Have a lazy template import now (it does at its first fork anyway)."""
+    def warm(self, now: bool = False) -> None:
+        """Have a lazy template import: in the background (at the lowest priority), or
+        now (at normal priority, for a fork that waits)."""
         if self._asked or self._dead:
             return
         self._asked = True
+        self._background = not now
         with contextlib.suppress(OSError):
-            os.write(self._req, b'{"import": true}\n')
+            os.write(self._req, b'{"import": true, "now": true}\n' if now else b'{"import": true}\n')
 
     async def spawn(self, argv: list[str], env: dict[str, str], log_path: str) -> ForkedProcess | None:
         """Fork a worker with argv (the worker's arguments); None: start it the old way."""
-        self.warm()
+        if not self._ready.is_set() and self._asked and self._background:
+            return None  # the imports run at the lowest priority: do not wait for them
+        self.warm(now=True)
         if not self._dead and not self._ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), READY_WAIT_S)

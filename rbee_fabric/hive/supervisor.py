@@ -133,10 +133,15 @@ class Supervisor:
             LoadSpec(model.path, n_ctx, backend, device if backend != "cpu" else 0, safe_mode)
         )
         wid = pre.wid if pre is not None else f"w-{uuid.uuid4().hex[:10]}"
-        port = free_port(self.s.host, *self.s.port_range)
+        try:
+            port = free_port(self.s.host, *self.s.port_range)
+            self.s.logs_dir.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            if pre is not None:  # taken, so nobody else would end it
+                await asyncio.to_thread(pre.cancel, "its worker could not be started")
+            raise
         host = f"[{self.s.host}]" if ":" in self.s.host else self.s.host
         url = f"http://{host}:{port}"
-        self.s.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.s.logs_dir / f"worker-{wid}.log"
         cmd = [
             self.s.python, "-m", "rbee_fabric.worker",

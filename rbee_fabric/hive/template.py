@@ -180,7 +180,7 @@ def serve(req_fd: int, rep_fd: int, imports: Any = None) -> int:
                 req = json.loads(line)
                 if imports is not None:
                     # Asked to warm up: at the lowest priority; for a fork: now.
-                    if not imports(low=bool(req.get("import"))):
+                    if not imports(low=bool(req.get("import")) and not req.get("now")):
                         return 1
                     imports = None
                 if req.get("import"):

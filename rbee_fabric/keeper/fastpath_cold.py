@@ -18,6 +18,7 @@ says about that same worker.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import time
@@ -56,9 +57,13 @@ def plan_cold(a: LeanArgs, node: LocalNode, out: Output) -> fastpath.Plan:
             info = _spawn(hive, a, node, model["id"])
             if not info.get("spawned"):
                 raise Fallback("a worker someone else started: the full path follows it")
-            out.info(f"starting a worker for {ref} on {node.name}")
-            _register(db, info, node.name, ref, a.ctx_size)
-            worker = _wait_ready(info, api_key, out)
+            try:
+                out.info(f"starting a worker for {ref} on {node.name}")
+                _register(db, info, node.name, ref, a.ctx_size)
+                worker = _wait_ready(hive, info, api_key)
+            except KeyboardInterrupt:  # as the full path: forget it, stop what we started
+                _abandon(db, hive, str(info["id"]))
+                raise
             final = hive.get(f"/v1/workers/{info['id']}")
         finally:
             hive.close()
@@ -132,11 +137,21 @@ def _register(db: sqlite3.Connection, info: dict, node: str, ref: str, n_ctx: in
     )  # fmt: skip
 
 
-def _wait_ready(info: dict, api_key: str, out: Output) -> Daemon:  # type: ignore[type-arg]
-    """The worker, proven and ready; on a terminal a line shows the loading progress."""
+def _abandon(db: sqlite3.Connection, hive: Daemon, wid: str) -> None:
+    """Ctrl+C while the worker loads: its registry row goes, and the worker (best effort)."""
+    with contextlib.suppress(Fallback, sqlite3.Error):
+        db.execute("DELETE FROM workers WHERE id = ?", [wid])
+    with contextlib.suppress(Fallback, OSError):
+        hive.request("POST", f"/v1/workers/{wid}/shutdown")
+
+
+def _wait_ready(hive: Daemon, info: dict, api_key: str) -> Daemon:  # type: ignore[type-arg]
+    """The worker, proven and ready; on a terminal a line shows the loading progress.
+    A worker that is gone (the hive no longer knows it) is the full path's to report."""
     tty = sys.stderr.isatty()
     deadline = time.monotonic() + LOAD_WAIT_S
     worker: Daemon | None = None
+    next_check = time.monotonic() + 0.5
     try:
         while time.monotonic() < deadline:
             if worker is None:  # not listening yet, or not proven
@@ -146,6 +161,11 @@ def _wait_ready(info: dict, api_key: str, out: Output) -> Daemon:  # type: ignor
                     worker = candidate
                 except Fallback:
                     candidate.close()
+                    if time.monotonic() > next_check:
+                        next_check = time.monotonic() + 0.5
+                        status, _ = hive.request("GET", f"/v1/workers/{info['id']}")
+                        if status == 404:
+                            raise Fallback("the worker is gone: the full path reports why") from None
                     time.sleep(0.02)
                     continue
             ready = worker.get("/v1/ready")

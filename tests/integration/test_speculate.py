@@ -141,3 +141,37 @@ def test_no_speculation_without_a_catalog_entry_or_with_a_bad_hint(
         finally:
             stop_hive(h)
     assert "ignoring --preload" in _hive_log(_hive_log_of(h))
+
+
+def test_ctrl_c_while_a_lean_cold_start_loads_forgets_and_stops_the_worker(
+    rbee_home: RbeeHome, tiny_model: Path
+) -> None:
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    rbee_home.local_node()
+    slow = {"RBEE_WORKER_ENGINE": "scripted", "RBEE_SCRIPTED_LOAD_S": "20"}
+    base = ("infer", "--model", f"file:{tiny_model}", "--prompt", "hello", "--ctx-size", "256")
+    assert rbee_home.run("models", "pull", f"file:{tiny_model}").returncode == 0
+    assert rbee_home.run("hive", "stop", "localhost").returncode == 0
+    p = subprocess.Popen([sys.executable, "-m", "rbee_fabric.cli", *base],
+                         env={**rbee_home.env, **slow}, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stderr is not None
+        for line in p.stderr:
+            if "starting a worker" in line:
+                break
+        wid, pid = _speculative(rbee_home.data / "logs" / "hive.log")
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read()
+        assert p.wait(timeout=30) == 130 and err.strip().endswith("Canceled."), err
+        db = sqlite3.connect(rbee_home.data / "registry.db")
+        assert db.execute("SELECT count(*) FROM workers WHERE id = ?", [wid]).fetchone() == (0,)
+        db.close()
+        assert _gone(pid), "the worker this keeper started must not go on loading"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        rbee_home.run("hive", "stop", "localhost")
