@@ -62,33 +62,20 @@ class ForkedProcess:
             self._done.set()
 
 
-class PopenProcess:
+class PopenProcess(ForkedProcess):
     """A subprocess.Popen child (a speculative worker, hive/speculate.py) as a WorkerProc:
     a thread of its own waits for it (not the loop's executor, which it would hold)."""
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        super().__init__(popen.pid)
         self._popen = popen
         self._loop = asyncio.get_running_loop()
-        self._done = asyncio.Event()
         threading.Thread(target=self._wait, daemon=True, name=f"wait-{popen.pid}").start()
 
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode if self._done.is_set() else None
-
     def _wait(self) -> None:
-        self._popen.wait()
+        code = self._popen.wait()
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self._loop.call_soon_threadsafe(self._done.set)
-
-    async def wait(self) -> int:
-        await self._done.wait()
-        assert self._popen.returncode is not None
-        return self._popen.returncode
+            self._loop.call_soon_threadsafe(self.exited, code)
 
 
 def enabled() -> bool:

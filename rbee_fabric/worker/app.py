@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from rbee_fabric import __version__, contextfit, sse
 from rbee_fabric.errors import GenerationFailed, RbeeError, WorkerNotFound, WorkerNotReady
+from rbee_fabric.ggufmeta import has_chat_template
 from rbee_fabric.httpserver import health_proof, install_api_key, install_error_handlers
 from rbee_fabric.schemas import (
     Ack,
@@ -358,10 +359,12 @@ async def _release_after(w: WorkerState, current: _Current, thread: threading.Th
 
 
 def _has_template(engine: Engine) -> bool | None:
-    """Whether the loaded model's metadata holds a chat template (the key the catalog
-    reads), so a warm keeper needs not ask the hive; None when the engine cannot say."""
+    """Whether the loaded model's metadata holds a chat template, by the catalog's rule,
+    so a warm keeper needs not ask the hive; None when the engine cannot say."""
     chat = getattr(engine, "chat", None)
-    return bool(chat.template and chat.template.strip()) if chat is not None else None
+    if chat is None:
+        return None
+    return has_chat_template({"tokenizer.chat_template": chat.template})
 
 
 async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:

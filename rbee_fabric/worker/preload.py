@@ -71,10 +71,6 @@ class EarlyLoad:
         if self._error is not None:
             raise self._error
 
-    def abort(self) -> None:
-        """Ask the load to stop at its next progress report (the worker is leaving)."""
-        self._abort = True
-
 
 IDENTITY_KEYS = ("host", "port", "hive_url", "key_file", "max_queue")
 
