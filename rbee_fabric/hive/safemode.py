@@ -132,7 +132,10 @@ class SafeModeStore:
 
     def get(self) -> dict[str, object] | None:
         """The record for this node's current build, if any."""
-        rec = self._read().get(self.build)
+        records = self._read()
+        if not records:  # the usual case: no build key to compute (~50 ms of metadata)
+            return None
+        rec = records.get(self.build)
         return rec if isinstance(rec, dict) else None
 
     def record(self, sig: str, model: str) -> dict[str, object]:

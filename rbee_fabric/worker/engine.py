@@ -9,9 +9,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,10 +48,14 @@ class Generation:
 
 
 class Engine(Protocol):
+    def prepare(self) -> None:
+        """Import the engine's library (before load, in the thread that starts the worker)."""
+
     def load(self, progress: ProgressFn) -> None: ...
 
-    def warm_up(self) -> None:
-        """Run the engine once before the worker reports ready (a crash shows here)."""
+    def warm_up(self) -> bool:
+        """Run the engine once before the worker reports ready where its kernels may
+        crash (a crash then shows here); False when there was nothing to prove."""
 
     def generate(
         self, req: InferenceRequest, cancel: threading.Event, result: Generation
@@ -82,6 +84,9 @@ class LlamaEngine:
         self._specials = SpecialTokens(())
         self._scan: threading.Thread | None = None
         self._scan_error: BaseException | None = None
+
+    def prepare(self) -> None:
+        import llama_cpp  # noqa: F401  (~0.35 s: numpy, ctypes, the library itself)
 
     def load(self, progress: ProgressFn) -> None:
         import llama_cpp
@@ -160,13 +165,17 @@ class LlamaEngine:
         self._wait_scan()
         return self._specials.strings
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> bool:
         """Evaluate a short batch, then one token, then forget them, as llama.cpp's tools do.
 
         Both shapes, because llama.cpp picks its kernels by batch size: its AMX
         matmul uses the AMX tiles for more than one row and AVX512-VNNI for a
         single one, so a one-token warm-up would not reach the tiles that crash.
+        Skipped where no known crash can happen (needs_warm_up): on a cold start
+        it cost 0.2-0.5 s before the first token.
         """
+        if not needs_warm_up(self.backend, self.safe_mode):
+            return False
         llm = self._llm
         bos = llm.token_bos()
         first = bos if bos >= 0 else llm.token_eos()
@@ -176,6 +185,7 @@ class LlamaEngine:
         llm.eval([batch[-1]])
         llm.reset()
         llm._ctx.kv_cache_clear()
+        return True
 
     def generate(
         self, req: InferenceRequest, cancel: threading.Event, result: Generation
@@ -301,6 +311,27 @@ def _grammar(req: InferenceRequest) -> Any:
     return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
 
+def needs_warm_up(backend: str, safe_mode: bool) -> bool:
+    """Whether a warm-up can prove anything before the worker says ready.
+
+    On a CPU, the kernels known to crash are llama.cpp's AMX ones (issue 10): a
+    CPU without AMX, or safe mode (extra buffer types off), has nothing to prove.
+    GPU backends, and a CPU whose features cannot be read, keep the warm-up.
+    """
+    if backend == "auto":
+        from rbee_fabric.llamabuild import llama_build_backend
+
+        backend = "cpu" if llama_build_backend() == "cpu" else backend
+    if backend != "cpu":
+        return True
+    if safe_mode:
+        return False
+    from rbee_fabric import cpufeatures
+
+    cpu = cpufeatures.detect()
+    return cpu is None or cpu.amx
+
+
 @contextlib.contextmanager
 def _progress_callback(progress: ProgressFn, *, safe_mode: bool = False) -> Iterator[None]:
     """Give llama.cpp a model-loading progress callback, and safe mode when asked.
@@ -342,68 +373,12 @@ def _progress_callback(progress: ProgressFn, *, safe_mode: bool = False) -> Iter
         low.llama_model_default_params = original
 
 
-class ScriptedEngine:
-    """A deterministic engine for orchestration tests: no model, scripted tokens.
-
-    Selected with RBEE_WORKER_ENGINE=scripted; RBEE_SCRIPTED_DELAY_MS sets the
-    pause before each token and RBEE_SCRIPTED_LOAD_S the loading time.
-    RBEE_SCRIPTED_CRASH makes the warm-up kill its own process with SIGSEGV,
-    as llama.cpp's AMX kernels do on some CPUs: `warmup` unless in safe mode,
-    `always` in safe mode too.
-    """
-
-    def __init__(self, model_path: str, *, safe_mode: bool = False) -> None:
-        self.model_path = model_path
-        self.safe_mode = safe_mode
-        self.delay = float(os.environ.get("RBEE_SCRIPTED_DELAY_MS", "20")) / 1000
-        self.load_s = float(os.environ.get("RBEE_SCRIPTED_LOAD_S", "0.1"))
-        self.crash = os.environ.get("RBEE_SCRIPTED_CRASH", "")
-
-    def load(self, progress: ProgressFn) -> None:
-        if not os.path.isfile(self.model_path):
-            raise ValueError(f"Model path does not exist: {self.model_path}")
-        steps = 10
-        for i in range(steps + 1):
-            if not progress(i / steps):
-                raise RuntimeError("loading aborted")
-            time.sleep(self.load_s / steps)
-
-    def warm_up(self) -> None:
-        if self.crash == "always" or (self.crash == "warmup" and not self.safe_mode):
-            log.error("scripted engine: crashing in warm-up (safe mode %s)", self.safe_mode)
-            # To this thread, as a real fault in a kernel would be.
-            signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
-            time.sleep(10)  # the signal is delivered before this returns
-
-    def generate(
-        self, req: InferenceRequest, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
-        result.stop_reason = "length"
-        if req.messages is not None:
-            result.rendered_as = req.chat_format or "scripted-chat"
-            words = sum(len(m.content.split()) + 2 for m in req.messages)
-        else:
-            result.rendered_as = "raw"
-            words = len((req.prompt or "").split())
-        result.prompt_tokens = words
-        for i in range(req.max_tokens or 20):
-            if cancel.wait(self.delay):
-                result.stop_reason = "canceled"
-                return
-            result.tokens += 1
-            yield f" tok{i}"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.encode()) + 1  # as a byte-level vocabulary with BOS would
-
-    def close(self) -> None:
-        pass
-
-
 def make_engine(
     model_path: str, *, backend: str, device: int, n_ctx: int, safe_mode: bool = False
 ) -> Engine:
     if os.environ.get("RBEE_WORKER_ENGINE") == "scripted":
+        from rbee_fabric.worker.scripted import ScriptedEngine
+
         return ScriptedEngine(model_path, safe_mode=safe_mode)
     return LlamaEngine(
         model_path, backend=backend, device=device, n_ctx=n_ctx, safe_mode=safe_mode

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from rbee_fabric import cpufeatures
 from tests.conftest import RbeeHome
 from tests.support.procs import processes_with_env
 
@@ -26,9 +27,11 @@ def test_gemma_streams_real_text_and_the_second_call_reuses_the_worker(rbee_home
         assert len(words) >= 5, f"no real text: {first.stdout!r}"
         assert "assembling gemma-3-270m-q4_k_m.gguf" in first.stderr  # joined into the catalog once
         assert "(reused)" not in first.stderr
-        # The worker proved its engine (warm-up) before it said ready.
+        # The worker proved its engine (warm-up) before it said ready, where AMX
+        # kernels may crash; elsewhere it said why it did not.
         [log] = list((rbee_home.data / "logs").glob("worker-*.log"))
-        assert "warm-up done in" in log.read_text()
+        cpu = cpufeatures.detect()
+        assert ("warm-up done in" if cpu is None or cpu.amx else "no warm-up:") in log.read_text()
 
         second = rbee_home.run(*args, "--json", timeout=300)
         assert second.returncode == 0, second.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rbee_fabric.cpufeatures import parse_cpuinfo, parse_sysctl
 
 # The machine these tests were written on (2-core AMD EPYC VM): AVX2, no AVX-512, no AMX.
@@ -55,3 +57,16 @@ def test_intel_mac_sysctl() -> None:
 def test_apple_silicon_has_none_of_them() -> None:
     cpu = parse_sysctl(APPLE_SILICON)
     assert cpu.model == "Apple M2" and cpu.summary() == "AVX2 no, AVX-512 no, AMX no"
+
+
+def test_the_warm_up_runs_only_where_a_kernel_may_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rbee_fabric import cpufeatures
+    from rbee_fabric.worker.engine import needs_warm_up
+
+    for text, amx in ((EPYC, False), (SAPPHIRE_RAPIDS, True)):
+        monkeypatch.setattr(cpufeatures, "detect", lambda t=text: parse_cpuinfo(t))
+        assert needs_warm_up("cpu", safe_mode=False) is amx
+        assert needs_warm_up("cpu", safe_mode=True) is False  # extra buffer types off: no AMX
+        assert needs_warm_up("cuda", safe_mode=False) is True  # GPU backends keep it
+    monkeypatch.setattr(cpufeatures, "detect", lambda: None)
+    assert needs_warm_up("cpu", safe_mode=False) is True  # unknown CPU: prove it

@@ -84,3 +84,11 @@ def test_only_a_crash_while_loading_in_auto_gets_a_restart() -> None:
     assert should_retry("off", safe_mode=False, state="loading", stopping=False, returncode=segv) is None
     kill = -signal.SIGKILL
     assert should_retry("auto", safe_mode=False, state="loading", stopping=False, returncode=kill) is None
+
+
+def test_no_record_reads_without_computing_the_build_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hive reads the store before its worker starts: the key costs ~50 ms of metadata.
+    from rbee_fabric.hive import safemode
+
+    monkeypatch.setattr(safemode, "build_key", lambda: pytest.fail("build key computed"))
+    assert SafeModeStore(tmp_path).get() is None
