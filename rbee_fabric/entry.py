@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rbee_fabric.keeper.fastpath_hive import EarlyHive
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,13 +49,15 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
             return args
         plan = fastpath.plan(lean)
     except Fallback as exc:
-        if isinstance(exc.node, LocalNode) and lean.start_hive and _start_hive_early(exc.node, lean):
+        node = exc.node
+        early = _start_hive_early(node, lean) if isinstance(node, LocalNode) and lean.start_hive else None
+        if early is not None and isinstance(node, LocalNode):
             # This keeper started the hive: the cold start stays on the lean path.
             from rbee_fabric.keeper.fastpath_cold import plan_cold
             from rbee_fabric.keeper.fastpath_out import Output
 
             try:
-                plan = plan_cold(lean, exc.node, Output(quiet_tokens=lean.as_json))
+                plan = plan_cold(lean, node, Output(quiet_tokens=lean.as_json), early)
             except Fallback:
                 return args
             except KeyboardInterrupt:
@@ -65,10 +71,10 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
     raise SystemExit(fastpath.run(plan, started))
 
 
-def _start_hive_early(node: object, lean: object) -> bool:
+def _start_hive_early(node: object, lean: object) -> EarlyHive | None:
     """No live worker here: start the hive now if none runs (keeper/fastpath_hive.py),
     with the request about to be made, so that its worker starts loading at once.
-    True when this keeper started it."""
+    The EarlyHive when this keeper started it, else None."""
     import contextlib
 
     from rbee_fabric import modelref
@@ -81,10 +87,12 @@ def _start_hive_early(node: object, lean: object) -> bool:
     assert isinstance(node, LocalNode) and isinstance(lean, LeanArgs)
     with contextlib.suppress(Exception):  # the full path tries again and says what fails
         ref = modelref.parse(lean.model).canonical
-        preload = preload_hint(ref, lean.ctx_size, lean.backend, lean.device, node.safe_mode)
-        if start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim, preload):
+        preload = preload_hint(ref, lean.ctx_size, lean.backend, lean.device, node.safe_mode,
+                               node.max_queue)  # fmt: skip
+        early = start_early(node.name, node.hive_port, Output(quiet_tokens=True).dim, preload)
+        if early is not None:
             # The hive and the model's load need both cores now: this keeper takes
             # what they leave (it only waits, or imports the full path's libraries).
             os.nice(10)
-            return True
-    return False
+            return early
+    return None

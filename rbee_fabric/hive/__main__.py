@@ -11,6 +11,8 @@ from rbee_fabric import __version__, paths
 
 PRELOAD_ENV = "RBEE_HIVE_PRELOAD"
 """The --preload hint, as keepers pass it."""
+PRELOAD_FD_ENV = "RBEE_HIVE_PRELOAD_FD"
+"""A pipe the keeper reads: the speculative worker's record, or nothing (speculate.py)."""
 
 
 def _port_range(text: str) -> tuple[int, int]:
@@ -43,6 +45,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _import_at_low_priority() -> None:
+    """The web stack's imports (~1 s of one core) in a thread at nice 19 (Linux: a
+    thread's own priority), waited for; this thread keeps its priority."""
+    import contextlib
+    import threading
+
+    def run() -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        with contextlib.suppress(BaseException):  # imported again below, where errors show
+            import rbee_fabric.hive.app
+            import rbee_fabric.httpserver  # noqa: F401
+
+    t = threading.Thread(target=run, name="imports", daemon=True)
+    t.start()
+    t.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.umask(0o077)  # logs, catalog and models are private to this user
@@ -63,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     # Keepers pass the hint in the environment: a hive of another version ignores it.
     preload = os.environ.pop(PRELOAD_ENV, None) or args.preload
     # Before the imports below: the model loads while they run.
-    early = speculate.begin(preload, data, api_key) if preload else None
+    listen = speculate.Listen(args.host, args.port, args.worker_ports, str(paths.api_key_file()))
+    early = speculate.begin(preload, data, api_key, listen) if preload else None
+    speculate.tell_keeper(os.environ.pop(PRELOAD_FD_ENV, None), early)
+    if early is not None:
+        # The keeper streams from that worker without waiting for this hive: the
+        # load and the worker's own imports get the cores first.
+        _import_at_low_priority()
 
     from rbee_fabric.hive.app import HiveSettings, create_app
     from rbee_fabric.hive.forker import Template

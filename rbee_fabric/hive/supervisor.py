@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -22,7 +20,7 @@ from rbee_fabric import cpufeatures, proof
 from rbee_fabric.errors import WorkerNotFound, WorkerStartFailed
 from rbee_fabric.hive import safemode
 from rbee_fabric.hive.forker import Template, WorkerProc
-from rbee_fabric.hive.speculate import LoadSpec, Speculation, ttl_s
+from rbee_fabric.hive.speculate import LoadSpec, Speculation, pick_port, ttl_s
 from rbee_fabric.schemas import ModelInfo, WorkerInfo, WorkerReadyCallback
 
 log = logging.getLogger("rbee.hive")
@@ -75,19 +73,10 @@ def tail(path: Path, lines: int = 20) -> list[str]:
 
 def free_port(host: str, lo: int, hi: int) -> int:
     """A port of [lo, hi] that binds right now on host; else one the OS picks."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    candidates = list(range(lo, hi + 1))
-    random.shuffle(candidates)
-    for port in [*candidates, 0]:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            # As the worker will bind: TIME_WAIT leftovers do not make a port busy.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise WorkerStartFailed(f"no free port on {host}")
+    port = pick_port(host, lo, hi)
+    if port is None:
+        raise WorkerStartFailed(f"no free port on {host}")
+    return port
 
 
 class Supervisor:
@@ -134,7 +123,9 @@ class Supervisor:
         )
         wid = pre.wid if pre is not None else f"w-{uuid.uuid4().hex[:10]}"
         try:
-            port = free_port(self.s.host, *self.s.port_range)
+            # A worker told where to listen before this hive was up keeps that port.
+            given = pre.identity if pre is not None and pre.identity is not None else None
+            port = int(given["port"]) if given is not None else free_port(self.s.host, *self.s.port_range)
             self.s.logs_dir.mkdir(parents=True, exist_ok=True)
         except BaseException:
             if pre is not None:  # taken, so nobody else would end it
@@ -154,7 +145,7 @@ class Supervisor:
         identity = {"host": self.s.host, "port": port, "hive_url": self.s.hive_url,
                     "key_file": self.s.key_file, "max_queue": max_queue}  # fmt: skip
         proc: WorkerProc
-        if pre is not None and pre.adopt(identity):
+        if pre is not None and (pre.claim() if given is not None else pre.adopt(identity)):
             proc = pre.process()
             log.info("adopted speculative worker %s (pid %d): its model is loaded or loading",
                      wid, proc.pid)  # fmt: skip

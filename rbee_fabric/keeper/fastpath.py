@@ -19,6 +19,7 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from rbee_fabric import paths
@@ -43,6 +44,7 @@ class Plan(NamedTuple):
     chat: bool
     db: sqlite3.Connection
     reused: bool = True  # False: this keeper started the worker (fastpath_cold.py)
+    after: Callable[[], None] | None = None  # once the answer is out (fastpath_cold.py)
 
 
 def prompt_of(args: LeanArgs) -> str | None:
@@ -237,4 +239,8 @@ def run(p: Plan, started: float) -> int:
         return generate(p, body, out, started)
     finally:
         p.worker.close()
-        p.db.close()
+        try:
+            if p.after is not None:
+                p.after()
+        finally:
+            p.db.close()

@@ -9,6 +9,13 @@ the model in its catalog, ask for the worker (the hive adopts the speculative
 one), record it in the keeper's registry, follow its loading, and hand a Plan
 to the lean path's streaming.
 
+When the hive told its speculative worker where to listen before its own
+imports (hive/speculate.py), it writes that worker's record on a pipe this
+keeper reads: the keeper then follows the worker and streams from it at once,
+and asks the hive for it (the spawn that adopts it) from a thread, finished
+once the answer is out; the hive imports its web stack at low priority
+meanwhile, so the load gets the cores.
+
 Anything unusual (the model not in the catalog, a prompt that may not fit,
 an error answer, a worker that fails or takes long to load) raises Fallback:
 the full path takes over and reports it as always. Until the worker is asked
@@ -19,14 +26,19 @@ says about that same worker.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from rbee_fabric import paths
 from rbee_fabric.keeper import fastpath
 from rbee_fabric.keeper.fastpath_args import LeanArgs
-from rbee_fabric.keeper.fastpath_hive import answers
+from rbee_fabric.keeper.fastpath_hive import EarlyHive, answers
 from rbee_fabric.keeper.fastpath_net import Daemon, Fallback
 from rbee_fabric.keeper.fastpath_node import LocalNode
 from rbee_fabric.keeper.fastpath_out import Output
@@ -36,15 +48,18 @@ LOAD_WAIT_S = 60.0  # longer loads: the full path follows them with its progress
 FRAMING_PER_MESSAGE = 16  # as contextfit.FRAMING_PER_MESSAGE (a test holds them equal)
 
 
-def plan_cold(a: LeanArgs, node: LocalNode, out: Output) -> fastpath.Plan:
+def plan_cold(a: LeanArgs, node: LocalNode, out: Output, early: EarlyHive | None = None) -> fastpath.Plan:
     """A ready worker for the request on the hive this keeper started; Fallback if not."""
     if node.max_replicas > 1:
         raise Fallback("several replicas: the hive picks the worker")
     ref = _ref(a)
-    _wait_hive(node.hive_port)
     api_key = paths.read_api_key()
     if not api_key:
         raise Fallback("no API key")
+    rec = early.record() if early is not None else None
+    if rec is not None and _surely_fits(a, int(rec["n_ctx"])):
+        return _plan_preloaded(a, node, out, ref, api_key, rec)
+    _wait_hive(node.hive_port)
     db = fastpath.registry()
     try:
         hive = Daemon(f"http://127.0.0.1:{node.hive_port}", api_key)
@@ -60,7 +75,7 @@ def plan_cold(a: LeanArgs, node: LocalNode, out: Output) -> fastpath.Plan:
             try:
                 out.info(f"starting a worker for {ref} on {node.name}")
                 _register(db, info, node.name, ref, a.ctx_size)
-                worker = _wait_ready(hive, info, api_key)
+                worker, _ = _wait_ready(info, api_key, _gone_from(hive, str(info["id"])))
             except KeyboardInterrupt:  # as the full path: forget it, stop what we started
                 _abandon(db, hive, str(info["id"]))
                 raise
@@ -145,9 +160,19 @@ def _abandon(db: sqlite3.Connection, hive: Daemon, wid: str) -> None:
         hive.request("POST", f"/v1/workers/{wid}/shutdown")
 
 
-def _wait_ready(hive: Daemon, info: dict, api_key: str) -> Daemon:  # type: ignore[type-arg]
-    """The worker, proven and ready; on a terminal a line shows the loading progress.
-    A worker that is gone (the hive no longer knows it) is the full path's to report."""
+def _gone_from(hive: Daemon, wid: str) -> Callable[[], bool]:
+    def gone() -> bool:
+        status, _ = hive.request("GET", f"/v1/workers/{wid}")
+        return status == 404
+
+    return gone
+
+
+def _wait_ready(
+    info: dict[str, Any], api_key: str, gone: Callable[[], bool]
+) -> tuple[Daemon, dict[str, Any]]:
+    """The worker, proven and ready, and its ready answer; on a terminal a line shows
+    the loading progress. A worker that is gone is the full path's to report."""
     tty = sys.stderr.isatty()
     deadline = time.monotonic() + LOAD_WAIT_S
     worker: Daemon | None = None
@@ -163,15 +188,14 @@ def _wait_ready(hive: Daemon, info: dict, api_key: str) -> Daemon:  # type: igno
                     candidate.close()
                     if time.monotonic() > next_check:
                         next_check = time.monotonic() + 0.5
-                        status, _ = hive.request("GET", f"/v1/workers/{info['id']}")
-                        if status == 404:
+                        if gone():
                             raise Fallback("the worker is gone: the full path reports why") from None
                     time.sleep(0.02)
                     continue
             ready = worker.get("/v1/ready")
             if isinstance(ready, dict) and ready.get("ready") is True:
                 done, worker = worker, None
-                return done
+                return done, ready
             if isinstance(ready, dict) and ready.get("state") == "failed":
                 raise Fallback("the worker failed to load: the full path reports why")
             if tty:
@@ -185,3 +209,108 @@ def _wait_ready(hive: Daemon, info: dict, api_key: str) -> Daemon:  # type: igno
         if tty:
             sys.stderr.write("\r\x1b[2K")
             sys.stderr.flush()
+
+
+# ------------------------------------------------ a worker started before the hive
+
+
+class _Claim:
+    """The spawn request that makes the hive adopt the worker it started for this
+    keeper, from a thread: the hive answers once its imports are done."""
+
+    def __init__(self, a: LeanArgs, node: LocalNode, ref: str, api_key: str, wid: str) -> None:
+        self.error: str | None = None
+        self.done = False
+        self._args = (a, node, ref, api_key, wid)
+        self._thread = threading.Thread(target=self._run, name="claim", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        a, node, ref, api_key, wid = self._args
+        try:
+            _wait_hive(node.hive_port)
+            hive = Daemon(f"http://127.0.0.1:{node.hive_port}", api_key, timeout=10.0)
+            try:
+                hive.prove()
+                info = _spawn(hive, a, node, _catalogued(hive, ref)["id"])
+            finally:
+                hive.close()
+            if info.get("id") != wid:
+                self.error = f"the hive started worker {info.get('id')} instead"
+        except Fallback as exc:
+            self.error = str(exc)
+        self.done = True
+
+    def wait(self, timeout: float) -> bool:
+        """True when the hive adopted the worker within timeout."""
+        self._thread.join(timeout)
+        return self.done and self.error is None
+
+
+def _plan_preloaded(
+    a: LeanArgs, node: LocalNode, out: Output, ref: str, api_key: str, rec: dict[str, Any]
+) -> fastpath.Plan:
+    """The worker the hive started and placed before its own imports (its record):
+    followed and used at once, claimed from the hive meanwhile."""
+    wid = str(rec["worker_id"])
+    claim = _Claim(a, node, ref, api_key, wid)
+    db = fastpath.registry()
+    try:
+        info = {"id": wid, "url": rec["url"], "pid": rec["pid"], "backend": rec["backend"],
+                "device": rec["device"], "state": "loading"}  # fmt: skip
+        try:
+            out.info(f"starting a worker for {ref} on {node.name}")
+            _register(db, info, node.name, ref, a.ctx_size)
+            worker, ready = _wait_ready(info, api_key, lambda: not _alive(int(rec["pid"])))
+        except KeyboardInterrupt:
+            _abandon_preloaded(db, claim, node, api_key, wid, int(rec["pid"]))
+            raise
+        except Fallback:
+            claim.wait(HIVE_WAIT_S)  # the full path then finds the worker the hive adopted
+            raise
+        fastpath.execute(db, "UPDATE workers SET state = ?, last_health_at = ? WHERE id = ?",
+                         ["idle", time.time(), wid])  # fmt: skip
+        if rec.get("safe_mode"):
+            out.info(f"{node.name} runs llama.cpp in safe mode (AMX/repacking off): "
+                     f"{rec.get('safe_mode_reason')}; decode may be slower")  # fmt: skip
+        chat = bool(a.chat_format) or (not a.raw and bool(ready.get("chat_template")))
+
+        def after() -> None:
+            # The hive adopts it, or ends it (then the next run must not find it).
+            if not claim.wait(HIVE_WAIT_S + 10.0):
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("DELETE FROM workers WHERE id = ?", [wid])
+                out.info(f"the hive did not keep worker {wid}: {claim.error or 'no answer'}")
+
+        return fastpath.Plan(a, node, ref, api_key, wid, worker, chat, db, reused=False, after=after)
+    except BaseException:
+        db.close()
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _abandon_preloaded(
+    db: sqlite3.Connection, claim: _Claim, node: LocalNode, api_key: str, wid: str, pid: int
+) -> None:
+    """Ctrl+C while the worker loads: its row goes, and the worker: through the hive
+    once it adopted it, else directly (the hive ends what it has not adopted)."""
+    with contextlib.suppress(sqlite3.Error):
+        db.execute("DELETE FROM workers WHERE id = ?", [wid])
+    if claim.wait(2.0):
+        hive = Daemon(f"http://127.0.0.1:{node.hive_port}", api_key)
+        with contextlib.suppress(Fallback, OSError):
+            hive.prove()
+            hive.request("POST", f"/v1/workers/{wid}/shutdown")
+        hive.close()
+    else:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import select
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from rbee_fabric import minihttp, paths
 
@@ -31,48 +34,94 @@ def listening(port: int) -> bool:
     return False
 
 
-def start_early(node: str, port: int, note: object, preload: str | None = None) -> bool:
-    """Start the hive of node on port unless one answers or is being started; True if started.
+class EarlyHive:
+    """A hive this keeper started, and the pipe its speculative worker's record
+    comes on (hive/speculate.py: tell_keeper)."""
+
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], record_fd: int) -> None:
+        self.port = port
+        self.proc = proc
+        self._fd: int | None = record_fd
+
+    def record(self, wait_s: float = WAIT_S) -> dict[str, Any] | None:
+        """The worker the hive started for this keeper's request, told where to listen;
+        None when it started none (the pipe closed empty), or answers without a record
+        (a hive that does not write one), or within wait_s neither."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return None
+        data = b""
+        try:
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if not select.select([fd], [], [], 0.02)[0]:
+                    if self.proc.poll() is not None or answers(self.port):
+                        return None
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk or (data := data + chunk).endswith(b"\n"):
+                    break
+            rec = json.loads(data) if data.endswith(b"\n") else None
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        keys = ("worker_id", "url", "pid", "n_ctx", "backend", "device", "safe_mode")
+        return rec if isinstance(rec, dict) and all(k in rec for k in keys) else None
+
+
+def start_early(node: str, port: int, note: object, preload: str | None = None) -> EarlyHive | None:
+    """Start the hive of node on port unless one answers or is being started; the
+    started hive, or None.
 
     note(msg) prints the line the full path would print about it. preload: the
     request about to be made (JSON, hive/speculate.py): its worker starts loading
     before the hive is up.
     """
     if listening(port):
-        return False
+        return None
     lock = paths.ensure_dir(paths.data_dir() / "locks") / f"hive-start-{node}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return False  # another keeper is starting it
+        return None  # another keeper is starting it
     try:
         if listening(port):
             os.close(fd)
-            return False
+            return None
         paths.ensure_dir(paths.logs_dir())
         paths.ensure_api_key()
         note(f"rbee-hive is not running on {node}; starting it")  # type: ignore[operator]
-        proc = _spawn(port, preload)
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = _spawn(port, preload, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
     except BaseException:
         os.close(fd)
         raise
     threading.Thread(target=_release_when_up, args=(fd, port, proc), daemon=True).start()
-    return True
+    return EarlyHive(port, proc, read_fd)
 
 
-def _spawn(port: int, preload: str | None) -> subprocess.Popen[bytes]:
+def _spawn(port: int, preload: str | None, record_fd: int) -> subprocess.Popen[bytes]:
     """As LocalTransport.start_hive: detached, logging to the data directory."""
     cmd = [sys.executable, "-m", "rbee_fabric.hive", "--port", str(port)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if preload is not None:  # in the environment: a hive of another version ignores it
         env["RBEE_HIVE_PRELOAD"] = preload
+        env["RBEE_HIVE_PRELOAD_FD"] = str(record_fd)
     log_fd = os.open(paths.hive_log_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with open(log_fd, "ab") as log:
         return subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, env=env,
+            pass_fds=(record_fd,) if preload is not None else (),
         )  # fmt: skip
 
 

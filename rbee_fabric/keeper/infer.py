@@ -92,7 +92,8 @@ async def _acquire(run: Run) -> Acquired:
     # Step 2: hive preflight (start it if needed).
     hive = await hivectl.connect_hive(t)
     try:
-        preload = preload_hint(ref, opts.n_ctx, opts.backend, opts.device, t.node.safe_mode)
+        preload = preload_hint(ref, opts.n_ctx, opts.backend, opts.device, t.node.safe_mode,
+                               t.node.max_queue)  # fmt: skip
         await hivectl.ensure_hive(
             t, hive, out, start=opts.start_hive, attempts=opts.retry, preload=preload
         )

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(0)  # the hive did not need this worker; no clean-up to wait for
         for key, value in identity.items():
             setattr(args, key, value)
-        logging.getLogger("rbee").info("worker %s adopted by the hive", args.worker_id)
+        logging.getLogger("rbee").info("worker %s placed by the hive", args.worker_id)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:

@@ -31,12 +31,14 @@ from rbee_fabric.schemas import (
     WorkerReady,
 )
 from rbee_fabric.worker.admission import DEFAULT_MAX_QUEUE, Admission, Ticket
-from rbee_fabric.worker.callback import callback
+from rbee_fabric.worker.callback import report
 from rbee_fabric.worker.engine import Engine, Generation
 from rbee_fabric.worker.preload import EarlyLoad
 
 log = logging.getLogger("rbee.worker")
 
+FAILED_REPORT_S = 10.0
+"""A worker that failed to load waits this long at most for the hive to hear it."""
 HEARTBEAT_S = 1.0
 """A waiting request hears from the worker this often, so a gone client is noticed."""
 
@@ -77,6 +79,7 @@ class WorkerState:
         self.idle_since = time.monotonic()
         self.stopping = False
         self.cleanup: asyncio.Task[None] | None = None
+        self.reports: list[asyncio.Task[None]] = []  # to the hive (worker/callback.py)
 
     async def set_progress(self, stage: str, progress: float, error: str | None = None) -> None:
         async with self.changed:
@@ -368,9 +371,13 @@ def _has_template(engine: Engine) -> bool | None:
 
 
 async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
-    """After HTTP is up: call the hive back, load the model, report the outcome."""
+    """After HTTP is up: call the hive back, load the model, report the outcome.
+
+    The reports go from tasks, in order (worker/callback.py): a hive that is not
+    up yet delays neither the load nor the first request."""
     s = w.settings
-    await callback(s, "loading")
+    loading = report(s, "loading")
+    w.reports.append(loading)
     loop = asyncio.get_running_loop()
 
     def progress(value: float) -> bool:
@@ -386,7 +393,8 @@ async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
         message = f"model failed to load: {exc}"
         log.error("%s (%s)", message, s.model_path)
         await w.set_progress("failed", w.progress, message)
-        await callback(s, "failed", message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(report(s, "failed", message, after=loading), FAILED_REPORT_S)
         # A worker that cannot load has nothing to offer: leave, so the hive reaps it.
         await asyncio.sleep(0.5)
         app.state.exit_code = 4
@@ -395,4 +403,4 @@ async def _boot(app: FastAPI, w: WorkerState, loader: EarlyLoad | None) -> None:
     w.idle_since = time.monotonic()
     await w.set_progress("idle", 1.0)
     log.info("model loaded: %s", s.model_path)
-    await callback(s, "idle")
+    w.reports.append(report(s, "idle", after=loading))

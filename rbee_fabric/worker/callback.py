@@ -2,13 +2,19 @@
 
 With the standard library's HTTP (minihttp.py) in a thread: httpx would add
 ~0.15 s of imports to a worker's start, on the cores its model is loading on.
+
+Each report goes in order, from a task, and keeps trying for a while: a worker
+a hive started before its own imports (hive/speculate.py) may be ready before
+the hive answers, or before the hive has taken it into its table (404).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from rbee_fabric import minihttp
@@ -19,20 +25,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rbee.worker")
 
+PATIENCE_S = 60.0
+"""How long a report keeps trying (a hive importing at low priority, a claim on its way)."""
+
+
+def report(s: WorkerSettings, state: str, error: str | None = None,
+           after: asyncio.Task[None] | None = None) -> asyncio.Task[None]:  # fmt: skip
+    """Send a report from a task, after the report `after` (in order); the task."""
+
+    async def send() -> None:
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await after
+        await callback(s, state, error)
+
+    return asyncio.create_task(send())
+
 
 async def callback(s: WorkerSettings, state: str, error: str | None = None) -> None:
     if not s.hive_url:
         return
     body = WorkerReadyCallback(worker_id=s.worker_id, url=s.url, state=state, error=error)  # type: ignore[arg-type]
     payload = json.dumps(body.model_dump()).encode()
-    for attempt in range(3):
+    deadline = time.monotonic() + PATIENCE_S
+    delay, attempt = 0.1, 0
+    while True:
+        attempt += 1
         try:
             status = await asyncio.to_thread(_post, s.hive_url, "/v1/workers/ready", payload, s.api_key)
-            if status < 500:
+            if status < 500 and status != 404:
                 return
+            why = f"HTTP {status}"
         except (OSError, minihttp.ProtocolError) as exc:
-            log.warning("hive callback failed (attempt %d): %s", attempt + 1, exc)
-        await asyncio.sleep(0.2 * 2**attempt)
+            why = str(exc)
+        if time.monotonic() + delay > deadline:
+            log.warning("hive callback %r failed after %d attempts: %s", state, attempt, why)
+            return
+        if attempt in (1, 10):
+            log.info("hive callback %r: %s; trying again", state, why)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _post(base_url: str, path: str, payload: bytes, api_key: str) -> int:

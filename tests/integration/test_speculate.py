@@ -87,7 +87,7 @@ def test_a_cold_infer_is_served_by_the_worker_that_loaded_before_the_hive_was_up
         # The lines written while llama.cpp held stderr (it loads beside the start-up) are kept.
         cpu = cpufeatures.detect()
         proof = "warm-up done" if cpu is None or cpu.amx else "no warm-up:"
-        for line in (f"worker {wid} adopted by the hive", f"worker {wid} listening on", proof):
+        for line in (f"worker {wid} placed by the hive", f"worker {wid} listening on", proof):
             assert line in worker_log, worker_log
         listed = rbee_home.run("workers", "list", "--node", "localhost")
         assert wid in listed.stdout, listed.stdout

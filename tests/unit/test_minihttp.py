@@ -14,12 +14,13 @@ from rbee_fabric.minihttp import Connection, ProtocolError
 class Canned:
     """A loopback server: answers each request read on a connection with the next answer."""
 
-    def __init__(self, answers: list[bytes]) -> None:
+    def __init__(self, answers: list[bytes], port: int = 0) -> None:
         self.answers = answers
         self.requests: list[bytes] = []
         self.connections = 0
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen()
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
