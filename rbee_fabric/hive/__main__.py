@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before the imports below: the model loads while they run.
     listen = speculate.Listen(args.host, args.port, args.worker_ports, str(paths.api_key_file()))
     early = speculate.begin(preload, data, api_key, listen) if preload else None
-    speculate.tell_keeper(os.environ.pop(PRELOAD_FD_ENV, None), early)
-    if early is not None:
+    if speculate.tell_keeper(os.environ.pop(PRELOAD_FD_ENV, None), early):
         # The keeper streams from that worker without waiting for this hive: the
         # load and the worker's own imports get the cores first.
         _import_at_low_priority()

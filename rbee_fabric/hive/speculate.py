@@ -251,20 +251,24 @@ def pick_port(host: str, lo: int, hi: int) -> int | None:
     return None
 
 
-def tell_keeper(fd_text: str | None, pre: Speculation | None) -> None:
+def tell_keeper(fd_text: str | None, pre: Speculation | None) -> bool:
     """Write the worker's record (one JSON line) on the keeper's pipe, then close it;
-    nothing when there is no worker with an identity (the keeper asks the hive)."""
+    nothing when there is no worker with an identity (the keeper asks the hive).
+    True when the keeper got the record: it will not wait for this hive."""
     if not fd_text:
-        return
+        return False
     try:
         fd = int(fd_text)
     except ValueError:
-        return
+        return False
+    told = False
     with contextlib.suppress(OSError):
         if pre is not None and pre.identity is not None:
             os.write(fd, json.dumps(pre.record()).encode() + b"\n")
+            told = True
     with contextlib.suppress(OSError):
         os.close(fd)
+    return told
 
 
 def _start_process(spec: LoadSpec, wid: str, log_path: Path, api_key: str) -> Speculation | None:
