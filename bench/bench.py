@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,26 +93,31 @@ def bare_process(model: str, what: str) -> float:
     return t1 - t0
 
 
-def bare_in_process(model: str, reps: int) -> dict[str, float]:
-    """Bare llama-cpp-python, model loaded once: warm TTFT and decode tokens/s after the first."""
+def bare_in_process(model: str) -> Iterator[tuple[float, float]]:
+    """Bare llama-cpp-python, model loaded once: (warm TTFT, decode tokens/s after the
+    first) of one request per next(); the first request after the load is not
+    measured (a warm worker has served one too). Close it to free the model."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model, n_ctx=N_CTX, verbose=False)
-    ttfts, speeds = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        first = None
-        n = 0
-        for c in llm.create_completion(PROMPT, max_tokens=MAX_TOKENS, seed=SEED, temperature=0.7, stream=True):
-            if c["choices"][0].get("finish_reason") is None:
-                n += 1
-                if first is None:
-                    first = time.perf_counter()
-        end = time.perf_counter()
-        ttfts.append((first or end) - t0)
-        speeds.append((n - 1) / (end - first) if first and n > 1 else 0.0)  # after the first token
-    llm.close()
-    return {"ttft": statistics.median(ttfts), "tps": statistics.median(speeds)}
+    try:
+        first_run = True
+        while True:
+            t0 = time.perf_counter()
+            first = None
+            n = 0
+            for c in llm.create_completion(PROMPT, max_tokens=MAX_TOKENS, seed=SEED, temperature=0.7, stream=True):
+                if c["choices"][0].get("finish_reason") is None:
+                    n += 1
+                    if first is None:
+                        first = time.perf_counter()
+            end = time.perf_counter()
+            if first_run:
+                first_run = False
+                continue
+            yield (first or end) - t0, (n - 1) / (end - first) if first and n > 1 else 0.0
+    finally:
+        llm.close()
 
 
 def run_safe_mode(reps: int, model: str) -> dict[str, dict[str, float]]:

@@ -13,7 +13,8 @@
   "listening on"), worker ready (the worker's "listening on"), model loaded
   ("model loaded"), first token (first byte on stdout);
 - `rbee --help` wall time; decode speed after the first token, rbee (--json)
-  against bare, and their ratio.
+  against bare, and their ratio. The warm and decode runs alternate: one rbee
+  round, then one bare request, reps times.
 
 The package's bytecode is compiled first, as `pip install .` does (compile_package).
 """
@@ -126,20 +127,28 @@ def run_startup(reps: int, gemma: str, env_cls: Any, bare_process: Any, bare_in_
         out["cold"] = {"rbee": out["phases"]["first token"], "bare": statistics.median(bare_cold)}
 
         env.rbee(*args)  # a warm worker
-        lean, full, tps = [], [], []
-        for _ in range(reps):
-            lean.append(env.first_byte(*args)[0])
-            saved = env.env.get("RBEE_FAST_PATH")
-            env.env["RBEE_FAST_PATH"] = "0"
-            full.append(env.first_byte(*args)[0])
-            env.env.pop("RBEE_FAST_PATH") if saved is None else env.env.update(RBEE_FAST_PATH=saved)
-            tps.append(json.loads(env.rbee(*args, "--json").stdout)["tokens_per_second"])
+        # Bare runs in this process, one after each rbee round: the same moments.
+        bare = bare_in_process(gemma)
+        lean, full, tps, bare_ttft, bare_tps = [], [], [], [], []
+        try:
+            for _ in range(reps):
+                lean.append(env.first_byte(*args)[0])
+                saved = env.env.get("RBEE_FAST_PATH")
+                env.env["RBEE_FAST_PATH"] = "0"
+                full.append(env.first_byte(*args)[0])
+                env.env.pop("RBEE_FAST_PATH") if saved is None else env.env.update(RBEE_FAST_PATH=saved)
+                tps.append(json.loads(env.rbee(*args, "--json").stdout)["tokens_per_second"])
+                ttft, speed = next(bare)
+                bare_ttft.append(ttft)
+                bare_tps.append(speed)
+        finally:
+            bare.close()
         env.stop()
     finally:
         env.stop()
-    bare = bare_in_process(gemma, reps)
-    out["warm"] = {"rbee": statistics.median(lean), "full": statistics.median(full), "bare": bare["ttft"]}
-    out["decode"] = {"rbee": statistics.median(tps), "bare": bare["tps"]}
+    out["warm"] = {"rbee": statistics.median(lean), "full": statistics.median(full),
+                   "bare": statistics.median(bare_ttft)}  # fmt: skip
+    out["decode"] = {"rbee": statistics.median(tps), "bare": statistics.median(bare_tps)}
     out["help"] = dict(zip(("rbee", "bare"), help_time(max(reps, 5)), strict=True))
     return out
 

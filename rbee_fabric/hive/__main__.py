@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     # Keepers pass the hint in the environment: a hive of another version ignores it.
     preload = os.environ.pop(PRELOAD_ENV, None) or args.preload
     # Before the imports below: the model loads while they run.
+    record_fd = os.environ.pop(PRELOAD_FD_ENV, None)  # not for the workers' environment
     listen = speculate.Listen(args.host, args.port, args.worker_ports, str(paths.api_key_file()))
     early = speculate.begin(preload, data, api_key, listen) if preload else None
-    if speculate.tell_keeper(os.environ.pop(PRELOAD_FD_ENV, None), early):
+    if speculate.tell_keeper(record_fd, early):
         # The keeper streams from that worker without waiting for this hive: the
         # load and the worker's own imports get the cores first.
         _import_at_low_priority()

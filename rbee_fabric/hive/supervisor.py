@@ -119,8 +119,13 @@ class Supervisor:
         max_queue: int = 64,
     ) -> WorkerInfo:  # fmt: skip
         pre = await self._take_speculation(
-            LoadSpec(model.path, n_ctx, backend, device if backend != "cpu" else 0, safe_mode)
+            LoadSpec(model.path, n_ctx, backend, device if backend != "cpu" else 0, safe_mode),
+            max_queue,
         )
+        if pre is not None and pre.identity is not None and not pre.claim():
+            # Dead since: a new worker on a new port (its port may be why it died).
+            await asyncio.to_thread(pre.cancel, "it exited before it was adopted")
+            pre = None
         wid = pre.wid if pre is not None else f"w-{uuid.uuid4().hex[:10]}"
         try:
             # A worker told where to listen before this hive was up keeps that port.
@@ -174,18 +179,31 @@ class Supervisor:
             model_path, n_ctx, backend, device if backend != "cpu" else 0
         )
 
-    async def _take_speculation(self, spec: LoadSpec) -> Speculation | None:
-        """The speculative worker when it loads exactly spec; else it is ended."""
-        pre, self._speculation = self._speculation, None
+    async def _take_speculation(self, spec: LoadSpec, max_queue: int) -> Speculation | None:
+        """The speculative worker when it loads exactly spec; else it is ended, unless it
+        was placed before the hive was up: the keeper that started the hive may be using
+        it, so it stays until claimed or its time is up."""
+        pre = self._speculation
         if pre is None:
             return None
+        placed = pre.identity is not None
+        if placed and pre.proc.poll() is not None:  # it died: its port is free to reuse
+            self._speculation = None
+            await asyncio.to_thread(pre.cancel, "it exited before it was adopted")
+            return None
+        if pre.spec == spec and (not placed or pre.identity["max_queue"] == max_queue):  # type: ignore[index]
+            self._speculation = None
+            if self._expiry is not None:
+                self._expiry.cancel()
+            return pre
+        if placed:
+            return None
+        self._speculation = None
         if self._expiry is not None:
             self._expiry.cancel()
-        if pre.spec != spec:
-            await asyncio.to_thread(pre.cancel, f"the hive decided on {spec}, not {pre.spec}")
-            self._warm_template()
-            return None
-        return pre
+        await asyncio.to_thread(pre.cancel, f"the hive decided on {spec}, not {pre.spec}")
+        self._warm_template()
+        return None
 
     async def _drop_speculation(self, why: str) -> None:
         pre, self._speculation = self._speculation, None

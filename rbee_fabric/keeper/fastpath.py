@@ -44,7 +44,7 @@ class Plan(NamedTuple):
     chat: bool
     db: sqlite3.Connection
     reused: bool = True  # False: this keeper started the worker (fastpath_cold.py)
-    after: Callable[[], None] | None = None  # once the answer is out (fastpath_cold.py)
+    after: Callable[[bool], None] | None = None  # once the answer is out (fastpath_cold.py); True: it all went out
 
 
 def prompt_of(args: LeanArgs) -> str | None:
@@ -233,14 +233,17 @@ def run(p: Plan, started: float) -> int:
     from rbee_fabric.keeper.fastpath_stream import generate
 
     out = Output(quiet_tokens=p.args.as_json)
+    finished = False
     try:
         out.info(mode_note(p.args, p.chat))
         body = body_of(p.args, p.chat, os.urandom(16).hex())  # uuid costs 14 ms of imports
-        return generate(p, body, out, started)
+        code = generate(p, body, out, started)
+        finished = code == 0
+        return code
     finally:
         p.worker.close()
         try:
             if p.after is not None:
-                p.after()
+                p.after(finished)
         finally:
             p.db.close()

@@ -29,6 +29,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -44,12 +45,21 @@ from rbee_fabric.keeper.fastpath_node import LocalNode
 from rbee_fabric.keeper.fastpath_out import Output
 
 HIVE_WAIT_S = 20.0
+CLAIM_WAIT_S = 55.0  # within the hive's RBEE_SPECULATION_TTL_S (60 s) for an unclaimed worker
 LOAD_WAIT_S = 60.0  # longer loads: the full path follows them with its progress bar
 FRAMING_PER_MESSAGE = 16  # as contextfit.FRAMING_PER_MESSAGE (a test holds them equal)
 
 
 def plan_cold(a: LeanArgs, node: LocalNode, out: Output, early: EarlyHive | None = None) -> fastpath.Plan:
     """A ready worker for the request on the hive this keeper started; Fallback if not."""
+    try:
+        return _plan_cold(a, node, out, early)
+    finally:
+        if early is not None:
+            early.close()  # read, or not needed
+
+
+def _plan_cold(a: LeanArgs, node: LocalNode, out: Output, early: EarlyHive | None) -> fastpath.Plan:
     if node.max_replicas > 1:
         raise Fallback("several replicas: the hive picks the worker")
     ref = _ref(a)
@@ -57,8 +67,8 @@ def plan_cold(a: LeanArgs, node: LocalNode, out: Output, early: EarlyHive | None
     if not api_key:
         raise Fallback("no API key")
     rec = early.record() if early is not None else None
-    if rec is not None and _surely_fits(a, int(rec["n_ctx"])):
-        return _plan_preloaded(a, node, out, ref, api_key, rec)
+    if early is not None and rec is not None and _surely_fits(a, int(rec["n_ctx"])):
+        return _plan_preloaded(a, node, out, ref, api_key, rec, early.proc)
     _wait_hive(node.hive_port)
     db = fastpath.registry()
     try:
@@ -218,17 +228,25 @@ class _Claim:
     """The spawn request that makes the hive adopt the worker it started for this
     keeper, from a thread: the hive answers once its imports are done."""
 
-    def __init__(self, a: LeanArgs, node: LocalNode, ref: str, api_key: str, wid: str) -> None:
+    def __init__(self, a: LeanArgs, node: LocalNode, ref: str, api_key: str, wid: str,
+                 hive: subprocess.Popen[bytes]) -> None:  # fmt: skip
         self.error: str | None = None
         self.done = False
         self._args = (a, node, ref, api_key, wid)
+        self._hive = hive
         self._thread = threading.Thread(target=self._run, name="claim", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         a, node, ref, api_key, wid = self._args
         try:
-            _wait_hive(node.hive_port)
+            # As long as the hive lives (up to the time it keeps an unclaimed worker):
+            # its imports wait for the load on a busy machine.
+            deadline = time.monotonic() + CLAIM_WAIT_S
+            while not answers(node.hive_port):
+                if self._hive.poll() is not None or time.monotonic() > deadline:
+                    raise Fallback("the hive did not answer")
+                time.sleep(0.05)
             hive = Daemon(f"http://127.0.0.1:{node.hive_port}", api_key, timeout=10.0)
             try:
                 hive.prove()
@@ -239,6 +257,8 @@ class _Claim:
                 self.error = f"the hive started worker {info.get('id')} instead"
         except Fallback as exc:
             self.error = str(exc)
+        except Exception as exc:  # reported by after(), not as a thread traceback
+            self.error = f"{type(exc).__name__}: {exc}"
         self.done = True
 
     def wait(self, timeout: float) -> bool:
@@ -248,12 +268,13 @@ class _Claim:
 
 
 def _plan_preloaded(
-    a: LeanArgs, node: LocalNode, out: Output, ref: str, api_key: str, rec: dict[str, Any]
-) -> fastpath.Plan:
+    a: LeanArgs, node: LocalNode, out: Output, ref: str, api_key: str, rec: dict[str, Any],
+    hive_proc: subprocess.Popen[bytes],
+) -> fastpath.Plan:  # fmt: skip
     """The worker the hive started and placed before its own imports (its record):
     followed and used at once, claimed from the hive meanwhile."""
     wid = str(rec["worker_id"])
-    claim = _Claim(a, node, ref, api_key, wid)
+    claim = _Claim(a, node, ref, api_key, wid, hive_proc)
     db = fastpath.registry()
     try:
         info = {"id": wid, "url": rec["url"], "pid": rec["pid"], "backend": rec["backend"],
@@ -275,12 +296,14 @@ def _plan_preloaded(
                      f"{rec.get('safe_mode_reason')}; decode may be slower")  # fmt: skip
         chat = bool(a.chat_format) or (not a.raw and bool(ready.get("chat_template")))
 
-        def after() -> None:
+        def after(finished: bool) -> None:
             # The hive adopts it, or ends it (then the next run must not find it).
-            if not claim.wait(HIVE_WAIT_S + 10.0):
+            # After Ctrl+C or an error, only a short wait: the hive ends it in time.
+            if not claim.wait(CLAIM_WAIT_S + 5.0 if finished else 2.0):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("DELETE FROM workers WHERE id = ?", [wid])
-                out.info(f"the hive did not keep worker {wid}: {claim.error or 'no answer'}")
+                if finished:
+                    out.info(f"the hive did not keep worker {wid}: {claim.error or 'no answer'}")
 
         return fastpath.Plan(a, node, ref, api_key, wid, worker, chat, db, reused=False, after=after)
     except BaseException:
@@ -289,6 +312,15 @@ def _plan_preloaded(
 
 
 def _alive(pid: int) -> bool:
+    """Whether pid runs: a dead worker its hive has not reaped yet (the hive may still
+    be importing) is a zombie, which kill(pid, 0) does not tell apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass  # no /proc (macOS)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -43,6 +43,11 @@ class EarlyHive:
         self.proc = proc
         self._fd: int | None = record_fd
 
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def record(self, wait_s: float = WAIT_S) -> dict[str, Any] | None:
         """The worker the hive started for this keeper's request, told where to listen;
         None when it started none (the pipe closed empty), or answers without a record

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rbee.worker")
 
-PATIENCE_S = 60.0
-"""How long a report keeps trying (a hive importing at low priority, a claim on its way)."""
+def patience_s() -> float:
+    """How long a report keeps trying (a hive importing at low priority, a claim on its
+    way): longer than the hive keeps an unclaimed worker (RBEE_SPECULATION_TTL_S)."""
+    try:
+        ttl = float(os.environ.get("RBEE_SPECULATION_TTL_S", "60"))
+    except ValueError:
+        ttl = 60.0
+    return max(60.0, ttl + 10.0)
 
 
 def report(s: WorkerSettings, state: str, error: str | None = None,
@@ -47,7 +54,7 @@ async def callback(s: WorkerSettings, state: str, error: str | None = None) -> N
         return
     body = WorkerReadyCallback(worker_id=s.worker_id, url=s.url, state=state, error=error)  # type: ignore[arg-type]
     payload = json.dumps(body.model_dump()).encode()
-    deadline = time.monotonic() + PATIENCE_S
+    deadline = time.monotonic() + patience_s()
     delay, attempt = 0.1, 0
     while True:
         attempt += 1

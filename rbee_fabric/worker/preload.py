@@ -43,7 +43,10 @@ class EarlyLoad:
         self._error: BaseException | None = None
         # The library's import is Python (~0.35 s): in the load thread it would share
         # the GIL with the web stack's imports and start the load late.
-        engine.prepare()
+        try:
+            engine.prepare()
+        except Exception as exc:  # a library that cannot load: reported as a failed load
+            self._error = exc
         # llama.cpp calls back into Python while it loads (progress, ~1400 log lines):
         # each call waits for the GIL, which the imports hold for a switch interval
         # (5 ms) at a time. A shorter one while loading: ~0.1 s sooner loaded.
@@ -62,6 +65,8 @@ class EarlyLoad:
 
     def _run(self) -> None:
         try:
+            if self._error is not None:
+                return
             self.engine.load(self._progress)
             # Prove the engine before reporting ready: a crash of its kernels (AMX on
             # some CPUs) then happens while loading, where the hive can react.

@@ -3,6 +3,7 @@ the hive is up, and the hive adopts that worker only when it would load the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -98,18 +99,24 @@ def test_a_cold_infer_is_served_by_the_worker_that_loaded_before_the_hive_was_up
     assert _gone(pid), "the adopted worker goes with its hive"
 
 
-def test_a_worker_that_would_load_differently_is_ended_not_adopted(
+def test_a_worker_that_would_load_differently_is_not_adopted(
     rbee_home: RbeeHome, tiny_model: Path
 ) -> None:
     _catalogued(rbee_home, tiny_model)
-    h = start_hive(rbee_home, "--preload", _preload(tiny_model, n_ctx=256))
+    h = start_hive(rbee_home, "--preload", _preload(tiny_model, n_ctx=256),
+                   env={"RBEE_SPECULATION_TTL_S": "8"})  # fmt: skip
     try:
         wid, pid = _speculative(_hive_log_of(h))
         model_id = httpx.get(f"{h.url}/v1/models", headers=h.headers).json()["models"][0]["id"]
         w = spawn(h, model_id, n_ctx=128)  # another context size: another load
         assert w["id"] != wid and w["pid"] != pid and w["spawned"] is True
-        assert _gone(pid), "the speculative worker must not outlive the decision"
+        # It was told where to listen before the hive was up: the keeper that started
+        # the hive may be answering with it, so another decision does not end it;
+        # its time does.
+        assert alive(pid)
+        assert _gone(pid), "an unclaimed speculative worker must not outlive its time"
         assert f"ending speculative worker {wid}" in _hive_log(_hive_log_of(h))
+        assert "nobody asked for it in 8 s" in _hive_log(_hive_log_of(h))
         wait_state(h, w["id"], "idle")
     finally:
         stop_hive(h)
@@ -177,4 +184,65 @@ def test_ctrl_c_while_a_lean_cold_start_loads_forgets_and_stops_the_worker(
     finally:
         if p.poll() is None:
             p.kill()
+        rbee_home.run("hive", "stop", "localhost")
+
+
+def test_a_lean_cold_start_answers_from_the_worker_before_the_hive_is_up(
+    rbee_home: RbeeHome, tiny_model: Path
+) -> None:
+    """The hive writes its speculative worker's record to the keeper, which streams from
+    that worker at once: with the hive stopped (SIGSTOP) before it listens, the answer
+    still comes; the hive adopts the worker once it runs again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import psutil
+
+    rbee_home.local_node()
+    assert rbee_home.run("models", "pull", f"file:{tiny_model}").returncode == 0
+    assert rbee_home.run("hive", "stop", "localhost").returncode == 0
+    log = rbee_home.data / "logs" / "hive.log"
+    before = _hive_log(log)
+    args = ("infer", "--model", f"file:{tiny_model}", "--prompt", "hello", "--max-tokens", "4",
+            "--seed", "3", "--temperature", "0", "--ctx-size", "256")  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-m", "rbee_fabric.cli", *args], env=rbee_home.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    hive_pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (m := STARTED.search(_hive_log(log)[len(before):])):
+            assert time.monotonic() < deadline and p.poll() is None, "no speculative worker"
+            time.sleep(0.01)
+        wid, pid = m.group(1), int(m.group(2))
+        hive_pid = psutil.Process(pid).ppid()
+        os.kill(hive_pid, signal.SIGSTOP)
+        assert "listening on" not in _hive_log(log)[len(before):], "the hive was up already: nothing shown"
+        assert p.stderr is not None
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("tokens in" in x for x in err):  # the summary comes after the last token
+            assert time.monotonic() < deadline and p.poll() is None, "no answer: " + "".join(err)
+            time.sleep(0.05)
+        assert "listening on" not in _hive_log(log)[len(before):]  # still stopped: no hive helped
+        os.kill(hive_pid, signal.SIGCONT)
+        assert p.wait(timeout=120) == 0, "".join(err)
+        reader.join(timeout=10)
+        assert p.stdout is not None
+        out = p.stdout.read()
+        assert out.strip(), "no answer on stdout"
+        assert f"adopted speculative worker {wid} (pid {pid})" in _hive_log(log)
+        again = rbee_home.run(*args, "--json")  # the hive's worker now, reused
+        assert json.loads(again.stdout)["worker_id"] == wid and json.loads(again.stdout)["reused_worker"]
+    finally:
+        if hive_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hive_pid, signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
         rbee_home.run("hive", "stop", "localhost")
