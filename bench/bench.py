@@ -14,8 +14,10 @@ It runs in a private data directory and stops everything it started.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -49,6 +51,7 @@ class Env:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
+        atexit.register(shutil.rmtree, self.dir, True)  # after the hives are stopped
         self.port = free_port()
         inv = self.dir / "hosts.toml"
         inv.write_text(f'[nodes.localhost]\nhostname = "127.0.0.1"\nlocal = true\nhive_port = {self.port}\n')
@@ -377,6 +380,7 @@ def main() -> int:
     from tests.support.tiny_gguf import write_tiny_gguf
 
     work = Path(tempfile.mkdtemp(prefix="rbee-bench-models-"))
+    atexit.register(shutil.rmtree, work, True)  # the model copies: 242 MB each run
     gemma = str(g.assemble(work / g.MODEL_NAME))
     if args.startup:
         from startup import startup_markdown

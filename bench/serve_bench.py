@@ -16,8 +16,10 @@ Results: bench/results/serve.md and bench/results/serve.png.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +47,7 @@ class Home:
 
     def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rbee-serve-bench-"))
+        atexit.register(shutil.rmtree, self.dir, True)  # after `rbee serve` and its hive stopped
         self.hive_port = free_port()
         inv = self.dir / "hosts.toml"
         inv.write_text(f'[nodes.localhost]\nhostname = "127.0.0.1"\nlocal = true\nhive_port = {self.hive_port}\n')
