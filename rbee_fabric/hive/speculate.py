@@ -72,7 +72,6 @@ class Speculation:
         self.safe_reason: str | None = None
         self.started = time.monotonic()
         self.identity: dict[str, Any] | None = None  # sent before the hive was up
-        self.url: str | None = None
 
     def _close_pipe(self) -> None:
         if self.pipe_fd is not None:
@@ -85,9 +84,15 @@ class Speculation:
         if not self.adopt(identity):
             return False
         self.identity = identity
-        host = identity["host"]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{identity['port']}"
         return True
+
+    @property
+    def url(self) -> str | None:
+        """Where the worker listens, once it was told (send_identity)."""
+        if self.identity is None:
+            return None
+        host = self.identity["host"]
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.identity['port']}"
 
     def claim(self) -> bool:
         """Adopt a worker that has its identity already; False when it is gone."""

@@ -114,10 +114,13 @@ def _ref(a: LeanArgs) -> str:
         raise Fallback("bad model reference") from None
 
 
-def _wait_hive(port: int) -> None:
-    deadline = time.monotonic() + HIVE_WAIT_S
+def _wait_hive(
+    port: int, wait_s: float = HIVE_WAIT_S, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until the hive answers; Fallback after wait_s, or when its process (if given) ends."""
+    deadline = time.monotonic() + wait_s
     while not answers(port):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
             raise Fallback("the hive did not answer")
         time.sleep(0.02)
 
@@ -242,11 +245,7 @@ class _Claim:
         try:
             # As long as the hive lives (up to the time it keeps an unclaimed worker):
             # its imports wait for the load on a busy machine.
-            deadline = time.monotonic() + CLAIM_WAIT_S
-            while not answers(node.hive_port):
-                if self._hive.poll() is not None or time.monotonic() > deadline:
-                    raise Fallback("the hive did not answer")
-                time.sleep(0.05)
+            _wait_hive(node.hive_port, CLAIM_WAIT_S, self._hive)
             hive = Daemon(f"http://127.0.0.1:{node.hive_port}", api_key, timeout=10.0)
             try:
                 hive.prove()
