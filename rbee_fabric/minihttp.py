@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Callable
+from functools import partial
 
 
 class ProtocolError(Exception):
@@ -113,10 +115,16 @@ def _connect(host: str, port: int, timeout: float | None) -> socket.socket:
 class Connection:
     """One kept-alive connection to host:port, opened on the first request."""
 
-    def __init__(self, host: str, port: int, timeout: float | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float | None = None,
+        opener: Callable[[float | None], socket.socket] | None = None,
+    ) -> None:  # fmt: skip
+        """opener(timeout): a connected socket to the daemon, where TCP to host:port
+        is not the way (a node's link, keeper/link.py)."""
         self.host = host
         self.port = port
         self.timeout = timeout
+        self._opener = opener
         self.sock: socket.socket | None = None
         self.file: io.BufferedReader | None = None
         self._reusable = False
@@ -134,7 +142,7 @@ class Connection:
     ) -> None:
         if self.sock is None or not self._reusable:
             self.close()
-            self.sock = _connect(self.host, self.port, self.timeout)
+            self.sock = (self._opener or partial(_connect, self.host, self.port))(self.timeout)
             self.file = self.sock.makefile("rb")
         self._reusable = False
         host = f"[{self.host}]" if ":" in self.host else self.host

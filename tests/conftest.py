@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -164,10 +165,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def lab_home(rbee_home: RbeeHome, lab: dict[str, str]) -> RbeeHome:
-    """An rbee home whose keeper sees the lab inventory and SSH config."""
+def lab_home(rbee_home: RbeeHome, lab: dict[str, str]) -> Iterator[RbeeHome]:
+    """An rbee home whose keeper sees the lab inventory and SSH config.
+
+    A remote `rbee infer` leaves the node's SSH connection open (keeper/link.py)
+    for RBEE_SSH_KEEP_S; at the end the test ends those it left (by pid), as a
+    user's `rbee hive stop` would (tests/e2e/test_link_lab.py tests that)."""
     rbee_home.env.update(lab)
-    return rbee_home
+    yield rbee_home
+    for pid in links_of(rbee_home.marker):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def links_of(marker: str) -> list[int]:
+    """The pids of the links (keeper/linkd.py) a test home started."""
+    pids = []
+    for pid in processes_with_env("RBEE_TEST_MARKER", marker):
+        with contextlib.suppress(OSError):
+            if b"rbee_fabric.keeper.linkd" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+    return pids
 
 
 @pytest.fixture

@@ -53,6 +53,11 @@ def hive_stop(node: NodeArg = "localhost") -> None:
         registry.sync(node, set())
     finally:
         registry.close()
+    from rbee_fabric.keeper import link
+    from rbee_fabric.keeper.fastpath_node import inventory_path
+
+    if link.stop(node, inventory_path(G.inventory)):
+        err.print(f"closed the kept SSH connection to {node}")
     if was_running:
         err.print(f"rbee-hive on {node} stopped ({n_workers} worker(s) stopped)")
     elif n_workers:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,10 @@ from rbee_fabric.cli.options import (
 )
 from rbee_fabric.cli.run import run_flow
 from rbee_fabric.keeper import defaults
+
+if TYPE_CHECKING:
+    from rbee_fabric.keeper.inventory import Node
+    from rbee_fabric.keeper.request import Reporter
 
 
 def infer(
@@ -68,11 +72,13 @@ def infer(
     if raw and chat_format:
         raise UsageError("--raw and --chat-format contradict each other", hint="choose one")
     reporter = TerminalReporter(quiet_tokens=as_json)
+    served: list[Node] = []
 
     async def main() -> Any:
         registry = open_registry()
         try:
             async with node_transport(node, G.inventory) as t:
+                served.append(t.node)
                 return await run_infer(t, opts, reporter, registry)
         finally:
             reporter.close_bar()
@@ -84,7 +90,24 @@ def infer(
     if as_json:
         import json  # only for --json: `rbee --help` skips it
         print(json.dumps(summary_json(summary, "".join(reporter.tokens))))
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        err.print(f"[dim]{summary_line(summary)}[/dim]")
+    _keep_link(served[0], reporter)
+
+
+def _keep_link(n: Node, reporter: Reporter) -> None:
+    """After a remote answer: leave the node's SSH connection open for the next commands
+    (keeper/link.py), saying so when a new one starts."""
+    if n.local or n.network != "tunnel":
         return
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    err.print(f"[dim]{summary_line(summary)}[/dim]")
+    from rbee_fabric.keeper import link
+    from rbee_fabric.keeper.fastpath_node import inventory_path
+
+    try:
+        if link.ensure(n.name, inventory_path(G.inventory), G.inventory):
+            reporter.info(f"keeping the SSH connection to {n.name} open for the next requests "
+                          f"(closed after {link.keep_seconds():g} s idle; RBEE_SSH_KEEP_S=0: never kept)")  # fmt: skip
+    except OSError as exc:
+        reporter.info(f"could not keep the SSH connection to {n.name} open: {exc}")

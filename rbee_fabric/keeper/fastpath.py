@@ -1,12 +1,13 @@
-"""The lean path of `rbee infer`: a live worker on this machine, reached with the stdlib.
+"""The lean path of `rbee infer`: a live worker, reached with the stdlib.
 
 A warm `rbee infer` needs little: the registry row of a worker for the model
 (sqlite3), the API key file, and HTTP to the worker (minihttp.py, json). This
 module does exactly that, and prints exactly what the full path prints (same
 stdout, stderr and exit codes). Whatever it cannot serve (no registry row, a
-worker that does not answer, a remote node, unusual flags) it hands to the
+worker that does not answer, a remote node without a link, unusual flags) it hands to the
 full path *before printing anything*; then nothing was done twice that
-matters (a registry read and a health probe).
+matters (a registry read and a health probe). A remote node is served the
+same way through its link (keeper/link.py), when the full path left one.
 
 Errors after the first output (an error event, a crash mid-stream, Ctrl+C)
 are raised as the same RbeeErrors the full path raises and printed by the
@@ -20,13 +21,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from rbee_fabric import paths
-from rbee_fabric.keeper import defaults
+from rbee_fabric.keeper import defaults, link
 from rbee_fabric.keeper.fastpath_args import LeanArgs
 from rbee_fabric.keeper.fastpath_net import Daemon, Fallback
-from rbee_fabric.keeper.fastpath_node import LocalNode, local_node
+from rbee_fabric.keeper.fastpath_node import LocalNode, RemoteNode, lean_node
 from rbee_fabric.keeper.fastpath_out import Output
 
 _COLUMNS = "id, node, model_ref, backend, device, url, pid, state, last_health_at, created_at, n_ctx"
@@ -36,7 +38,7 @@ class Plan(NamedTuple):
     """Everything decided before the first output: the lean path will serve this."""
 
     args: LeanArgs
-    node: LocalNode
+    node: LocalNode | RemoteNode
     ref: str
     api_key: str
     worker_id: str
@@ -64,9 +66,9 @@ def plan(args: LeanArgs) -> Plan:
         raise Fallback("usage error")
     if not _request_fits(args):
         raise Fallback("request out of the worker's limits")
-    node = local_node(args.node, args.inventory or os.environ.get("RBEE_INVENTORY") or None)
+    node = lean_node(args.node, args.inventory or os.environ.get("RBEE_INVENTORY") or None)
     if node is None:
-        raise Fallback("not a local node")
+        raise Fallback("neither a local node nor one with a link")
     from rbee_fabric import modelref
     from rbee_fabric.errors import RbeeError
 
@@ -79,16 +81,22 @@ def plan(args: LeanArgs) -> Plan:
             raise Fallback("several replicas: the hive picks the worker")
         return _plan_on(args, node, ref)
     except Fallback as exc:
-        exc.node = node  # the command is for this machine: its hive may start early
+        if isinstance(node, LocalNode):
+            exc.node = node  # the command is for this machine: its hive may start early
         raise
 
 
-def _plan_on(args: LeanArgs, node: LocalNode, ref: str) -> Plan:
+def _via(node: LocalNode | RemoteNode) -> Path | None:
+    """How the node's daemons are reached: None for this machine, else its link."""
+    return node.link if isinstance(node, RemoteNode) else None
+
+
+def _plan_on(args: LeanArgs, node: LocalNode | RemoteNode, ref: str) -> Plan:
     from rbee_fabric.errors import RbeeError
 
     try:
-        api_key = paths.read_api_key()
-    except RbeeError:
+        api_key = paths.read_api_key() if isinstance(node, LocalNode) else link.api_key(node.link)
+    except (RbeeError, link.LinkError):
         api_key = None
     if not api_key:
         raise Fallback("no API key yet")
@@ -151,7 +159,7 @@ def candidates(db: sqlite3.Connection, node: str, ref: str, a: LeanArgs) -> list
 
 
 def _live_worker(
-    db: sqlite3.Connection, node: LocalNode, ref: str, a: LeanArgs, key: str
+    db: sqlite3.Connection, node: LocalNode | RemoteNode, ref: str, a: LeanArgs, key: str
 ) -> tuple[str, Daemon, bool | None]:
     """The first registered worker that proves itself and is ready (proven connection),
     and whether its model has a chat template (None: it does not say)."""
@@ -160,7 +168,7 @@ def _live_worker(
     except sqlite3.Error:
         raise Fallback("registry unreadable") from None
     for wid, url in found:
-        worker = Daemon(url, key, timeout=2.0)
+        worker = Daemon(url, key, timeout=2.0, via=_via(node))
         try:
             worker.prove()
             ready = worker.get("/v1/ready")
@@ -176,7 +184,7 @@ def _live_worker(
     raise Fallback("no ready worker registered")
 
 
-def _use_chat(a: LeanArgs, node: LocalNode, ref: str, key: str, template: bool | None) -> bool:
+def _use_chat(a: LeanArgs, node: LocalNode | RemoteNode, ref: str, key: str, template: bool | None) -> bool:
     """As request.use_chat, with the catalog's word on the template (as infer._has_template):
     the worker reads it from the same GGUF header; the hive is asked when it does not say."""
     if a.chat_format:
@@ -185,7 +193,7 @@ def _use_chat(a: LeanArgs, node: LocalNode, ref: str, key: str, template: bool |
         return False
     if template is not None:
         return template
-    hive = Daemon(f"http://127.0.0.1:{node.hive_port}", key)
+    hive = Daemon(f"http://127.0.0.1:{node.hive_port}", key, via=_via(node))
     try:
         hive.prove()
         models = hive.get("/v1/models").get("models", [])

@@ -1,8 +1,9 @@
-"""The lean path's HTTP: one keep-alive connection to a local daemon, stdlib only.
+"""The lean path's HTTP: one keep-alive connection to a daemon, stdlib only.
 
-Same rules as keeper/client.py: the listening socket must belong to this
-user, and the key goes out only after the daemon proved it holds it
-(HMAC of a fresh nonce, see proof.py). Any surprise raises Fallback; the
+Same rules as keeper/client.py: a listening socket on this machine must
+belong to this user, and the key goes out only after the daemon proved it
+holds it (HMAC of a fresh nonce, see proof.py). A remote node's daemons are
+reached through the node's link (keeper/link.py). Any surprise raises Fallback; the
 caller then hands the command to the full path, which explains it.
 """
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rbee_fabric import minihttp, proof
-from rbee_fabric.keeper import sockowner
+from rbee_fabric.keeper import link, sockowner
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -64,21 +66,43 @@ def _loopback(url: str) -> tuple[str, int]:
 
 
 class Daemon:
-    """A proven connection to one loopback daemon (hive or worker)."""
+    """A proven connection to one loopback daemon (hive or worker): on this machine, or
+    on a remote node through its link (`via`, keeper/link.py)."""
 
-    def __init__(self, url: str, api_key: str, timeout: float = 3.0) -> None:
+    def __init__(self, url: str, api_key: str, timeout: float = 3.0, via: Path | None = None) -> None:
         host, port = _loopback(url)
         self.url = url
         self.port = port
-        self.conn = minihttp.Connection(host, port, timeout=timeout)
+        self.remote = via is not None
+        self._via = via
+        opener = None
+        if via is not None:
+            opener = lambda t: link.connect(via, host, port, t)  # noqa: E731
+        self.conn = minihttp.Connection(host, port, timeout=timeout, opener=opener)
         self._key = api_key
         self._auth: dict[str, str] = {}
 
     def close(self) -> None:
         self.conn.close()
 
+    def way_open(self) -> bool:
+        """Whether the way to the daemon still works (a node's link answers); always
+        True on this machine. When it does not, the daemon's fate is unknown."""
+        if self._via is None:
+            return True
+        try:
+            link.ask(self._via, "ping")
+        except link.LinkError:
+            return False
+        return True
+
+    def another(self, timeout: float) -> Daemon:
+        """A new connection to the same daemon, the same way (not proven yet)."""
+        return Daemon(self.url, self._key, timeout, via=self._via)
+
     def prove(self) -> None:
-        uid = _owner(self.port)
+        # A node's port is not on this machine: there the proof alone decides.
+        uid = None if self.remote else _owner(self.port)
         if uid is not None and uid != os.getuid():
             raise Fallback("the port belongs to another user")
         nonce = proof.new_nonce()

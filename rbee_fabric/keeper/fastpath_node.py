@@ -1,9 +1,10 @@
-"""The lean path's view of the inventory: a local node's hive port, stdlib only.
+"""The lean path's view of the inventory: a node's hive port and how to reach it, stdlib only.
 
 It answers only when the answer is certain: the file parses, every entry holds
 only known keys of the right types and ranges (so the full loader would accept
-it too), and the node is on this machine. Anything else is None, and the full
-path (pydantic validation, SSH) takes over and says what is wrong.
+it too), and the node is on this machine or has a link (keeper/link.py).
+Anything else is None, and the full path (pydantic validation, SSH) takes
+over and says what is wrong.
 """
 
 from __future__ import annotations
@@ -86,24 +87,52 @@ def _entries(path: Path) -> dict[str, dict[str, Any]] | None:
     return nodes
 
 
-def local_node(name: str, explicit_inventory: str | None) -> LocalNode | None:
-    """The node `name` when it is surely this machine and the inventory is surely valid."""
+class RemoteNode(NamedTuple):
+    """A node over an SSH tunnel with a link socket (keeper/link.py) for the lean path."""
+
+    name: str
+    link: Path
+    hive_port: int = DEFAULT_HIVE_PORT
+    max_replicas: int = 1
+
+
+def _is_local(name: str, entry: dict[str, Any] | None) -> bool:
+    if entry is None:
+        return name in LOCAL_NAMES or name == socket.gethostname()
+    return bool(entry.get("local", False) or (entry["hostname"] in LOCAL_NAMES and entry.get("user") is None))
+
+
+def lean_node(name: str, explicit_inventory: str | None) -> LocalNode | RemoteNode | None:
+    """The node `name` when the lean path can surely reach it: on this machine, or over
+    an SSH tunnel whose link socket exists (whether it answers is seen when used)."""
     if not valid_name(name):
         return None
     path = inventory_path(explicit_inventory)
     entries = {} if path is None else _entries(path)
     if entries is None:
         return None
-    if (entry := entries.get(name)) is not None:
-        local = entry.get("local", False) or (
-            entry["hostname"] in LOCAL_NAMES and entry.get("user") is None
-        )
-        if not local:
-            return None  # over SSH: the full path
+    entry = entries.get(name)
+    if _is_local(name, entry):
+        if entry is None:
+            return LocalNode(name)
         return LocalNode(
             name, entry.get("hive_port", DEFAULT_HIVE_PORT), entry.get("max_replicas", 1),
             entry.get("safe_mode", "auto"), entry.get("max_queue"),
         )  # fmt: skip
-    if name in LOCAL_NAMES or name == socket.gethostname():
-        return LocalNode(name)
-    return None
+    entry = entry or {}
+    if entry.get("network", "tunnel") != "tunnel":
+        return None
+    from rbee_fabric.keeper import link
+
+    if link.keep_seconds() <= 0:
+        return None  # links are off
+    sock = link.socket_path(name, path)
+    if not sock.exists():
+        return None
+    return RemoteNode(name, sock, entry.get("hive_port", DEFAULT_HIVE_PORT), entry.get("max_replicas", 1))
+
+
+def local_node(name: str, explicit_inventory: str | None) -> LocalNode | None:
+    """The node `name` when it is surely this machine and the inventory is surely valid."""
+    node = lean_node(name, explicit_inventory)
+    return node if isinstance(node, LocalNode) else None

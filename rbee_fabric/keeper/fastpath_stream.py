@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from rbee_fabric.keeper.fastpath_net import Daemon, Fallback, HttpError
+from rbee_fabric.keeper.fastpath_net import Fallback, HttpError
 from rbee_fabric.keeper.fastpath_out import Output
 from rbee_fabric.minihttp import ProtocolError
 from rbee_fabric.summary import Summary, summary_json, summary_line
@@ -109,9 +109,12 @@ def generate(p: Plan, body: dict[str, Any], out: Output, started: float) -> int:
 
 
 def _broken_off(p: Plan, rid: str, pieces: list[str], broken: str | None) -> NoReturn:
-    """The stream ended early: a lost connection if the worker still answers, else a crash."""
+    """The stream ended early: a lost connection if the worker still answers or the way to
+    its node is gone (its fate unknown), else a crash."""
     from rbee_fabric.keeper.partial import crashed_error, lost_error
 
+    if not p.worker.way_open():
+        _fail(lost_error(p.node.name, p.worker_id, p.args.max_tokens, rid, pieces, broken, link_ended=True))
     if _alive(p):
         _cancel(p, rid)
         _touch(p.db, "UPDATE workers SET state = ?, last_health_at = ? WHERE id = ?",
@@ -122,7 +125,7 @@ def _broken_off(p: Plan, rid: str, pieces: list[str], broken: str | None) -> NoR
 
 
 def _alive(p: Plan) -> bool:
-    worker = Daemon(p.worker.url, p.api_key, timeout=3.0)
+    worker = p.worker.another(timeout=3.0)
     try:
         worker.prove()
         worker.get("/v1/ready")
@@ -135,7 +138,7 @@ def _alive(p: Plan) -> bool:
 
 def _cancel(p: Plan, rid: str) -> str:
     """Ask the worker to stop the request (5 s at most); the words generate._cancel says."""
-    worker = Daemon(p.worker.url, p.api_key, timeout=5.0)
+    worker = p.worker.another(timeout=5.0)
     try:
         worker.prove()
         status, body = worker.request("DELETE", f"/v1/inference/{rid}")

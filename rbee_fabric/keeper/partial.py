@@ -19,15 +19,19 @@ def save_partial(request_id: str, pieces: list[str]) -> tuple[str, str]:
 
 def lost_error(
     node: str, worker_id: str, max_tokens: int | None, request_id: str, pieces: list[str],
-    reason: str | None,
+    reason: str | None, *, link_ended: bool = False,
 ) -> ConnectionLost:  # fmt: skip
-    """The worker is fine, the way to it broke: keep the output and the worker."""
+    """The worker is fine, the way to it broke: keep the output and the worker.
+    link_ended: the node's kept SSH connection (keeper/link.py) ended, so the
+    worker's fate is unknown."""
     path, text = save_partial(request_id, pieces)
+    state = (f"the kept SSH connection to {node} ended, so whether the worker still runs is unknown; "
+             "run the command again (it connects anew)") if link_ended else (
+             "the worker is still up and the generation was stopped; run the command again to reuse it")  # fmt: skip
     return ConnectionLost(
         f"the connection to worker {worker_id} on {node} was lost mid-generation "
         f"(tokens received {len(pieces)} / {max_tokens}): {reason or 'stream ended'}",
-        hint=f"the partial output is saved in {path}; the worker is still up and the "
-        "generation was stopped; run the command again to reuse it",
+        hint=f"the partial output is saved in {path}; {state}",
         details={"saved_to": path, "tokens": len(pieces), "partial_text": text,
                  "worker_id": worker_id},
     )  # fmt: skip

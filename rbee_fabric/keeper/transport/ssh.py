@@ -218,6 +218,22 @@ class SshConnector:
 
     # -------------------------------------------------------------- forwards
 
+    async def open_channel(self, host: str, port: int) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
+        """A channel to host:port as the node sees it (direct-tcpip): (reader, writer)."""
+        conn = await self._connection()
+        try:
+            return await conn.open_connection(host, port, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise NodeUnreachable(
+                f"cannot reach {host}:{port} on {self.node.name}: {describe(exc)}",
+                details={"node": self.node.name},
+            ) from None
+
+    async def wait_closed(self) -> None:
+        """Return when the node's connection closes (opened first if need be)."""
+        conn = await self._connection()
+        await conn.wait_closed()
+
     async def forward(self, url: str) -> str:
         """Tunnel mode: a local port forward to the node's loopback address."""
         if self.node.network != "tunnel":
