@@ -54,9 +54,8 @@ def hive_stop(node: NodeArg = "localhost") -> None:
     finally:
         registry.close()
     from rbee_fabric.keeper import link
-    from rbee_fabric.keeper.fastpath_node import inventory_path
 
-    if link.stop(node, inventory_path(G.inventory)):
+    if link.stop(node, G.inventory):
         err.print(f"closed the kept SSH connection to {node}")
     if was_running:
         err.print(f"rbee-hive on {node} stopped ({n_workers} worker(s) stopped)")

@@ -103,10 +103,9 @@ def _keep_link(n: Node, reporter: Reporter) -> None:
     if n.local or n.network != "tunnel":
         return
     from rbee_fabric.keeper import link
-    from rbee_fabric.keeper.fastpath_node import inventory_path
 
     try:
-        if link.ensure(n.name, inventory_path(G.inventory), G.inventory):
+        if link.ensure(n.name, G.inventory):
             reporter.info(f"keeping the SSH connection to {n.name} open for the next requests "
                           f"(closed after {link.keep_seconds():g} s idle; RBEE_SSH_KEEP_S=0: never kept)")  # fmt: skip
     except OSError as exc:

@@ -123,23 +123,29 @@ def connect(path: Path, host: str, port: int, timeout: float | None) -> socket.s
     return sock
 
 
-def stop(node: str, inventory: Path | None) -> bool:
+def _socket_for(node: str, explicit_inventory: str | None) -> Path:
+    from rbee_fabric.keeper.fastpath_node import inventory_path
+
+    return socket_path(node, inventory_path(explicit_inventory))
+
+
+def stop(node: str, explicit_inventory: str | None) -> bool:
     """End node's link if one runs; True when one did."""
     try:
-        ask(socket_path(node, inventory), "stop")
+        ask(_socket_for(node, explicit_inventory), "stop")
     except LinkError:
         return False
     return True
 
 
-def ensure(node: str, inventory: Path | None, explicit_inventory: str | None) -> bool:
+def ensure(node: str, explicit_inventory: str | None) -> bool:
     """Leave a link to node running (keeper/linkd.py), unless one answers or keeping is off;
     True when a new one was started (in the background: its handshake is off this
     command's path). LinkError when its directory is not private."""
     keep = keep_seconds()
     if keep <= 0:
         return False
-    path = socket_path(node, inventory)
+    path = _socket_for(node, explicit_inventory)
     try:
         ask(path, "ping")
         return False

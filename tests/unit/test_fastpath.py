@@ -56,6 +56,25 @@ def test_local_node_by_the_inventory_rules(tmp_path: Path, monkeypatch: pytest.M
     assert fastpath_node.local_node("pool", str(inv)) == fastpath_node.LocalNode("pool", 9200, 2)
 
 
+def test_a_remote_node_is_lean_only_with_its_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rbee_fabric.keeper import link
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("RBEE_SSH_KEEP_S", raising=False)
+    inv = tmp_path / "hosts.toml"
+    inv.write_text('[nodes.box]\nhostname = "box.lan"\nuser = "me"\nhive_port = 9300\n'
+                   '[nodes.lan]\nhostname = "lan.lan"\nnetwork = "direct"\n')  # fmt: skip
+    assert fastpath_node.lean_node("box", str(inv)) is None  # no link yet: the full path
+    sock = link.socket_path("box", inv)
+    sock.parent.mkdir(mode=0o700, parents=True)
+    sock.touch()
+    assert fastpath_node.lean_node("box", str(inv)) == fastpath_node.RemoteNode("box", sock, 9300)
+    link.socket_path("lan", inv).touch()
+    assert fastpath_node.lean_node("lan", str(inv)) is None  # direct network: no link
+    monkeypatch.setenv("RBEE_SSH_KEEP_S", "0")
+    assert fastpath_node.lean_node("box", str(inv)) is None  # links off: not used either
+
+
 @pytest.mark.parametrize("entry", [
     'hostname = "127.0.0.1"\nlocal = true\nhive_port = "9200"',  # pydantic would coerce: full path
     'hostname = "127.0.0.1"\nlocal = true\ncolour = "red"',  # unknown key: the full path's error

@@ -101,7 +101,7 @@ async def test_a_directory_others_may_enter_is_not_trusted(served: Any) -> None:
 def test_keep_seconds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RBEE_SSH_KEEP_S", "0")
     assert link.keep_seconds() == 0
-    assert link.ensure("n1", None, None) is False  # keeping is off: nothing starts
+    assert link.ensure("n1", None) is False  # keeping is off: nothing starts
     monkeypatch.setenv("RBEE_SSH_KEEP_S", "soon")
     assert link.keep_seconds() == link.KEEP_S
     monkeypatch.setenv("RBEE_SSH_KEEP_S", "-1")
