@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rbee_fabric.keeper.fastpath_args import LeanArgs
     from rbee_fabric.keeper.fastpath_hive import EarlyHive
 
 
@@ -50,6 +51,8 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
         plan = fastpath.plan(lean)
     except Fallback as exc:
         node = exc.node
+        if node is None and lean.start_hive:
+            _start_remote_hive_early(lean)
         early = _start_hive_early(node, lean) if isinstance(node, LocalNode) and lean.start_hive else None
         if early is not None and isinstance(node, LocalNode):
             # This keeper started the hive: the cold start stays on the lean path.
@@ -69,6 +72,27 @@ def _lean_infer(args: list[str], started: float) -> list[str]:
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Canceled.\n")  # after the ^C echo
         raise SystemExit(130) from None
     raise SystemExit(fastpath.run(plan, started))
+
+
+def _start_remote_hive_early(lean: LeanArgs) -> None:
+    """Not this machine (or not known yet): when the node is remote and its hive is not
+    running, start it now, before the full path's imports (keeper/early_remote.py)."""
+    import contextlib
+
+    from rbee_fabric import modelref
+    from rbee_fabric.errors import RbeeError
+
+    with contextlib.suppress(RbeeError):
+        ref = modelref.parse(lean.model).canonical
+        from rbee_fabric.keeper.early_remote import start_early
+        from rbee_fabric.keeper.fastpath_out import Output
+
+        try:
+            start_early(lean.node, lean.inventory or os.environ.get("RBEE_INVENTORY") or None, ref,
+                        lean.ctx_size, lean.backend, lean.device, Output(quiet_tokens=True).dim)  # fmt: skip
+        except KeyboardInterrupt:
+            sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Canceled.\n")
+            raise SystemExit(130) from None
 
 
 def _start_hive_early(node: object, lean: object) -> EarlyHive | None:

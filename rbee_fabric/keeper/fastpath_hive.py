@@ -4,7 +4,7 @@ When the lean path hands a cold `rbee infer` to the full path and no hive
 answers on the node's port, waiting for typer, httpx and pydantic to load
 before starting the hive puts two interpreter start-ups in series. This starts
 the hive at once (the command LocalTransport.start_hive runs) and holds the
-keeper's hive-start lock (hivectl.start_lock) until the hive answers, from a
+keeper's hive-start lock (keeper/startlock.py) until the hive answers, from a
 thread. The full path then finds the hive answering, or waits on the lock
 and finds it then: it never starts a second one.
 """
@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from rbee_fabric import minihttp, paths
+from rbee_fabric.keeper.startlock import lock_file
 
 WAIT_S = 20.0
 
@@ -85,7 +86,7 @@ def start_early(node: str, port: int, note: object, preload: str | None = None) 
     """
     if listening(port):
         return None
-    lock = paths.ensure_dir(paths.data_dir() / "locks") / f"hive-start-{node}.lock"
+    lock = lock_file(node)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

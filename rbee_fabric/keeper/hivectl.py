@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from rbee_fabric import __version__, paths
+from rbee_fabric import __version__
 from rbee_fabric.errors import (
     ConnectionTimeout,
     ForeignListener,
@@ -22,12 +20,13 @@ from rbee_fabric.errors import (
     VersionMismatch,
 )
 from rbee_fabric.keeper.client import HiveClient, Unreachable, WorkerClient
+from rbee_fabric.keeper.startlock import START_WAIT_S, start_lock
 from rbee_fabric.keeper.transport import Transport, wait_gone
 from rbee_fabric.schemas import HiveHealth
 
 ATTEMPTS = 3
 BACKOFF_S = 0.2
-START_WAIT_S = 20.0
+EXIT_CHECK_S = 0.5  # how often a starting hive is checked for having exited
 
 
 class Notes(Protocol):
@@ -172,44 +171,25 @@ async def running_hive(t: Transport) -> HiveClient:
     return hive
 
 
-@contextlib.asynccontextmanager
-async def start_lock(node: str) -> AsyncIterator[None]:
-    """Hold the keeper-wide lock on starting node's hive (a file lock: across processes)."""
-    path = paths.ensure_dir(paths.data_dir() / "locks") / f"hive-start-{node}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + START_WAIT_S * 2
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ConnectionTimeout(
-                        f"another rbee is still starting rbee-hive on {node}",
-                        hint=f"see rbee hive status {node}; the lock is {path}",
-                        details={"node": node, "lock": str(path)},
-                    ) from None
-                await asyncio.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 async def _start_and_wait(
     t: Transport, hive: HiveClient, idle_timeout: float | None, preload: str | None = None
 ) -> HiveHealth:
     await t.start_hive(idle_timeout, preload)
     deadline = time.monotonic() + START_WAIT_S
     last = ""
+    next_check = time.monotonic() + EXIT_CHECK_S
     while time.monotonic() < deadline:
         try:
             return await proven_health(t, hive, 2.0)
         except Unreachable as exc:
             last = exc.message
-        if await t.hive_start_failed():
-            last = "rbee-hive exited right after it started"
-            break
+        # Whether it exited: on a remote node a Python run (~0.1 s of the node's CPU,
+        # which the starting hive needs), so twice a second, not at every poll.
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + EXIT_CHECK_S
+            if await t.hive_start_failed():
+                last = "rbee-hive exited right after it started"
+                break
         await asyncio.sleep(0.05)
     log = "\n".join(await t.log_tail(15))
     raise ConnectionTimeout(

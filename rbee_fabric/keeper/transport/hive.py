@@ -30,6 +30,7 @@ class NodeHive:
         self.connector = connector
         self._api_key: str | None = None
         self._started: int | None = None
+        self._python: str | None = None
 
     @property
     def node(self) -> Node:
@@ -68,6 +69,8 @@ class NodeHive:
         """The interpreter that runs rbee on the node; NotInstalled when absent."""
         if self.node.local:
             return sys.executable  # this machine runs the keeper's own installation
+        if self._python is not None:
+            return self._python  # found once: the same path for the rest of the command
         venv_python = f"{await self.data_dir()}/venv/bin/python"
         if (await self.run(["test", "-x", venv_python], check=False)).exit_status != 0:
             raise NotInstalled(
@@ -75,6 +78,7 @@ class NodeHive:
                 hint=f"install it with: rbee nodes install {self.node.name}",
                 details={"node": self.node.name},
             )
+        self._python = venv_python
         return venv_python
 
     async def hive_url(self) -> str:
