@@ -6,7 +6,6 @@ Each group lives in its own module; heavy imports happen inside the commands.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Annotated
 
 import typer
@@ -15,10 +14,6 @@ from rbee_fabric import __version__
 from rbee_fabric.cli import chat, hive, infer, models, nodes, serve, workers
 from rbee_fabric.cli.options import G
 from rbee_fabric.cli.run import RbeeGroup
-
-# asyncssh touches cryptography's deprecated DSA names on import: a library's
-# housekeeping, not something the user can act on, so it never reaches the terminal.
-warnings.filterwarnings("ignore", module=r"asyncssh(\.|$)")
 
 app = typer.Typer(
     name="rbee",

@@ -30,7 +30,11 @@ def run_flow(coro: Coroutine[Any, Any, T]) -> T:
     """Run a keeper flow (its errors reach the command's error context)."""
     import asyncio  # not at import: `rbee --help` never runs a flow
 
-    return asyncio.run(coro)
+    from rbee_fabric.keeper import handover
+
+    loop = handover.take_loop()  # the lean path's, with a node's connection open on it
+    with asyncio.Runner(loop_factory=(lambda: loop) if loop is not None else None) as runner:
+        return runner.run(coro)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ keeper's hive-start lock (keeper/startlock.py). A thread holds that lock
 until the hive answers (or exits, or START_WAIT_S pass) while the full path
 loads; the full path then finds the hive answering, or waits on the lock
 and finds it then, with its own connection: it never starts a second hive,
-and it explains any failure as before.
+and it explains any failure as before. When the hive already runs, the
+connection is handed to the full path instead (keeper/handover.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from rbee_fabric.errors import RbeeError
-from rbee_fabric.keeper import inventory
+from rbee_fabric.keeper import handover, inventory
 from rbee_fabric.keeper.preloadhint import preload_hint
 from rbee_fabric.keeper.startlock import START_WAIT_S, acquire
 from rbee_fabric.keeper.transport import NodeHive, for_node
@@ -49,7 +50,8 @@ def start_early(name: str, explicit_inventory: str | None, ref: str, n_ctx: int,
             _finish(loop, t)
             raise
         if lock is None:
-            _finish(loop, t)
+            # The hive runs: the full path goes on with this connection (keeper/handover.py).
+            handover.give(loop, t)
             return
         # The same loop, from a thread: asyncssh's connection belongs to it.
         threading.Thread(target=_hold, args=(loop, t, lock), name="early-hive", daemon=True).start()

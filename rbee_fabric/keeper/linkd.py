@@ -23,7 +23,6 @@ import socket
 import struct
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,7 +168,6 @@ class Link:
 
 
 async def serve(node_name: str, explicit_inventory: str | None, sock_path: Path, keep_s: float) -> int:
-    # asyncssh is imported here, after main() muted its import-time warnings.
     from rbee_fabric.keeper.transport.ssh import SshConnector
     from rbee_fabric.keeper.transport.sshconfig import ssh_config_files
 
@@ -226,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inventory")
     a = p.parse_args(argv)
     os.umask(0o077)
-    warnings.filterwarnings("ignore", module=r"asyncssh(\.|$)")  # as cli/app.py
     if not _lock(f"{a.socket}.lock", _LOCK_WAIT_S):
         log("another link serves this socket")
         return 0

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rbee_fabric import paths
-from rbee_fabric.keeper import hivectl, inventory
+from rbee_fabric.keeper import handover, hivectl, inventory
 from rbee_fabric.keeper.client import HiveClient
 from rbee_fabric.keeper.registry import Registry
 from rbee_fabric.keeper.transport import Transport, for_node
@@ -21,7 +21,8 @@ def open_registry() -> Registry:
 async def node_transport(name: str, inventory_file: str | None) -> AsyncIterator[Transport]:
     """Resolve a node name and open its transport (one SSH connection at most)."""
     inv = inventory.load(inventory_file)
-    t = for_node(inv.resolve(name))
+    node = inv.resolve(name)
+    t = handover.take_transport(node.name) or for_node(node)
     try:
         yield t
     finally:

@@ -30,9 +30,27 @@ def test_two_cold_keepers_at_once_start_one_hive(installed: RbeeHome) -> None:
         for p, (out, err) in zip(procs, results, strict=True):
             assert p.returncode == 0, err
             assert json.loads(out)["text"]
+            assert "Warning" not in err  # asyncssh's import-time warnings stay muted
         notes = sum(err.count("rbee-hive is not running on labnode1; starting it") for _, err in results)
         assert notes == 1  # one keeper started it; the other waited and found it up
         assert len(_hives_of("rbeelab1")) == 1
+    finally:
+        installed.run("hive", "stop", "labnode1")
+
+
+def test_a_warm_remote_prompt_uses_one_ssh_connection(installed: RbeeHome) -> None:
+    """Without a kept connection, the early look at the node hands its connection on
+    (keeper/handover.py): the node's sshd sees one session for the command."""
+    try:
+        no_link = {"RBEE_SSH_KEEP_S": "0"}
+        assert installed.run(*INFER, env=no_link).returncode == 0  # the hive and a worker
+        log = lab_mod.node(1).dir / "sshd.log"
+        before = log.read_text(errors="replace").count("Accepted publickey")
+        r = installed.run(*INFER, env=no_link)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["reused_worker"] is True
+        assert "Warning" not in r.stderr
+        assert log.read_text(errors="replace").count("Accepted publickey") - before == 1
     finally:
         installed.run("hive", "stop", "labnode1")
 

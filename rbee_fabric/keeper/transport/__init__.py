@@ -13,9 +13,16 @@ asyncssh is imported only when a remote node is opened.
 
 from __future__ import annotations
 
-from rbee_fabric.keeper.inventory import Node
-from rbee_fabric.keeper.transport.base import Connector, RemoteResult
-from rbee_fabric.keeper.transport.hive import NodeHive, wait_gone
+import warnings
+
+# asyncssh touches cryptography's deprecated DSA names on import: a library's
+# housekeeping, not something the user can act on, so it never reaches the
+# terminal. Here, before any module of this package imports asyncssh.
+warnings.filterwarnings("ignore", module=r"asyncssh(\.|$)")
+
+from rbee_fabric.keeper.inventory import Node  # noqa: E402
+from rbee_fabric.keeper.transport.base import Connector, RemoteResult  # noqa: E402
+from rbee_fabric.keeper.transport.hive import NodeHive, wait_gone  # noqa: E402
 
 Transport = NodeHive
 """What the flows hold for a node (the hive on top of its connector)."""
