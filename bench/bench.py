@@ -248,6 +248,7 @@ def run_lab(reps: int, gemma_ref: str = "gemma3-270m") -> dict[str, dict[str, fl
     """Warm remote TTFT vs local, and nodes check on 1 vs 8 nodes (lab must be up)."""
     from tests.lab import lab
 
+    was_up = bool(lab.read_state().get("nodes"))
     nodes = lab.up(8)
     env = Env()
     env.env.update(lab.env())
@@ -280,6 +281,8 @@ def run_lab(reps: int, gemma_ref: str = "gemma3-270m") -> dict[str, dict[str, fl
         out["nodes check: 8 nodes vs 1 node (s)"] = {"rbee": median(eight), "bare": median(one)}
     finally:
         env.rbee("hive", "stop", "labnode1")
+        if not was_up:
+            lab.down()  # the lab as it was: nothing left running
     return out
 
 

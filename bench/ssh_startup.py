@@ -30,6 +30,7 @@ def run_ssh_startup(reps: int, gemma: str, env_cls: Any, bare_process: Any, bare
     from tests.lab import lab
 
     compile_package()
+    was_up = bool(lab.read_state().get("nodes"))
     lab.up(1)
     here, node = env_cls(), env_cls()
     node.env.update(lab.env())
@@ -64,6 +65,8 @@ def run_ssh_startup(reps: int, gemma: str, env_cls: Any, bare_process: Any, bare
     finally:
         node.rbee("hive", "stop", NODE)
         here.stop()
+        if not was_up:
+            lab.down()  # the lab as it was: nothing left running
     return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in rows.items()}
 
 
@@ -78,12 +81,12 @@ def ssh_markdown(r: dict[str, dict[str, float]]) -> list[str]:
         "| measure | median (min-max) | added to bare | added to this machine |", "|---|---|---|---|",
         f"| warm, bare llama-cpp-python (in process) | {cell('warm bare')} | | |",
         f"| warm, `rbee infer` on this machine | {cell('warm here')} | {added('warm here', 'warm bare')} | |",
-        f"| warm, `rbee infer --node {NODE}` through its kept connection | {cell('warm link')} | "
+        f"| warm, `rbee infer` on {NODE}, through its kept connection | {cell('warm link')} | "
         f"{added('warm link', 'warm bare')} | {added('warm link', 'warm here')} |",
-        f"| warm, `rbee infer --node {NODE}`, RBEE_SSH_KEEP_S=0 (new connection) | {cell('warm no link')} | "
+        f"| warm, `rbee infer` on {NODE}, RBEE_SSH_KEEP_S=0 (new connection) | {cell('warm no link')} | "
         f"{added('warm no link', 'warm bare')} | {added('warm no link', 'warm here')} |",
         f"| cold, bare (new process: import, load, first token) | {cell('cold bare')} | | |",
         f"| cold, `rbee infer` on this machine (no hive) | {cell('cold here')} | {added('cold here', 'cold bare')} | |",
-        f"| cold, `rbee infer --node {NODE}` (hive stopped) | {cell('cold node')} | "
+        f"| cold, `rbee infer` on {NODE} (hive stopped) | {cell('cold node')} | "
         f"{added('cold node', 'cold bare')} | {added('cold node', 'cold here')} |",
     ]  # fmt: skip
