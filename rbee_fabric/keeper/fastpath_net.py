@@ -73,7 +73,6 @@ class Daemon:
         host, port = _loopback(url)
         self.url = url
         self.port = port
-        self.remote = via is not None
         self._via = via
         opener = None
         if via is not None:
@@ -102,7 +101,7 @@ class Daemon:
 
     def prove(self) -> None:
         # A node's port is not on this machine: there the proof alone decides.
-        uid = None if self.remote else _owner(self.port)
+        uid = None if self._via is not None else _owner(self.port)
         if uid is not None and uid != os.getuid():
             raise Fallback("the port belongs to another user")
         nonce = proof.new_nonce()
